@@ -1,0 +1,256 @@
+//! The seam between the engine and where its pages live.
+//!
+//! [`PageDevice`] is the one narrow interface the rest of clonefs uses to reach
+//! bytes: read, write, allocate (reserve backing space), free, sync, commit. The
+//! default implementation is [`MmapDevice`], one memory-mapped host file. A
+//! distributed object or block store can implement the same trait; the tests use
+//! [`MemDevice`](super::memdev::MemDevice), which keeps written bytes apart from
+//! durable ones to simulate power cuts.
+//!
+//! All `unsafe` of the crate lives in this file. Invariants that make it sound:
+//! - the host file is locked (`flock`) for the life of the device, so no other
+//!   clonefs process maps it for writing;
+//! - the file is set to its full size at creation and is never truncated or grown
+//!   while mapped, so every address in `[0, len)` stays valid;
+//! - every access is bounds-checked against `len` before the pointer is formed;
+//! - the volume layer never writes a page in place while another thread reads or
+//!   writes it (shared pages are copied before a write; one file's pages are
+//!   accessed under that file's cluster lock), so copies never race.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub trait PageDevice: Send + Sync {
+    fn page_size(&self) -> usize;
+    /// How many pages the device can hold.
+    fn capacity_pages(&self) -> u64;
+    /// Copies bytes at `page * page_size + offset` into `buf` (may span pages).
+    fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> Result<()>;
+    /// Copies `data` to `page * page_size + offset` (may span pages).
+    fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()>;
+    /// Reserves backing space for pages `[start, start + count)` before they are written.
+    fn allocate(&self, start: u64, count: u64) -> Result<()>;
+    /// The pages `[start, start + count)` hold nothing of value any more.
+    fn free(&self, start: u64, count: u64);
+    /// Makes every write so far durable.
+    fn sync(&self) -> Result<()>;
+    /// Writes one superblock page and makes it durable: the commit point.
+    fn commit(&self, page: u64, bytes: &[u8]) -> Result<()> {
+        self.write(page, 0, bytes)?;
+        self.sync()
+    }
+}
+
+/// A store file mapped into memory.
+pub struct MmapDevice {
+    path: PathBuf,
+    file: File,
+    map: memmap2::MmapRaw,
+    len: u64,
+    page_size: usize,
+}
+
+impl MmapDevice {
+    /// Creates a new sparse store file of `capacity_bytes` (fails if it exists).
+    pub fn create(path: &Path, capacity_bytes: u64, page_size: usize) -> Result<MmapDevice> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::BadStore {
+                path: path.to_owned(),
+                why: format!("cannot create the store file: {e}"),
+            })?;
+        lock(&file, path)?;
+        file.set_len(capacity_bytes)?;
+        Self::map(path, file, page_size)
+    }
+
+    /// Opens an existing store file and locks it. `page_size` comes from the superblock.
+    pub fn open(path: &Path, page_size: usize) -> Result<MmapDevice> {
+        let file = open_locked(path)?;
+        Self::map(path, file, page_size)
+    }
+
+    fn map(path: &Path, file: File, page_size: usize) -> Result<MmapDevice> {
+        let len = file.metadata()?.len();
+        let map = memmap2::MmapOptions::new()
+            .len(len as usize)
+            .map_raw(&file)
+            .map_err(|e| Error::BadStore {
+                path: path.to_owned(),
+                why: format!("cannot map the store file: {e}"),
+            })?;
+        Ok(MmapDevice {
+            path: path.to_owned(),
+            file,
+            map,
+            len,
+            page_size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn span(&self, page: u64, offset: usize, len: usize) -> Result<usize> {
+        let start = page
+            .checked_mul(self.page_size as u64)
+            .and_then(|b| b.checked_add(offset as u64))
+            .filter(|s| s.checked_add(len as u64).is_some_and(|end| end <= self.len));
+        start.map(|s| s as usize).ok_or(Error::Corrupt {
+            page,
+            why: format!(
+                "page lies beyond the end of the store file ({} bytes)",
+                self.len
+            ),
+        })
+    }
+}
+
+/// Opens a store file read-write and takes its exclusive lock, or says who holds it.
+pub fn open_locked(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::BadStore {
+            path: path.to_owned(),
+            why: format!("cannot open the store file: {e}"),
+        })?;
+    lock(&file, path)?;
+    Ok(file)
+}
+
+fn lock(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: flock on a valid open descriptor has no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(Error::Locked {
+            path: path.to_owned(),
+            holder: lock_holder(file).unwrap_or_else(|| "another process".into()),
+        });
+    }
+    Err(err.into())
+}
+
+/// Finds the process holding a flock on `file` through /proc/locks.
+fn lock_holder(file: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    for line in locks.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF"
+        if fields.len() < 6 || fields[1] != "FLOCK" {
+            continue;
+        }
+        let ino = fields[5].rsplit(':').next()?;
+        if ino.parse::<u64>().ok() == Some(meta.ino()) {
+            let pid = fields[4];
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.replace('\0', " ").trim().to_string())
+                .unwrap_or_default();
+            return Some(format!("process {pid} ({cmd})"));
+        }
+    }
+    None
+}
+
+impl PageDevice for MmapDevice {
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    fn capacity_pages(&self) -> u64 {
+        self.len / self.page_size as u64
+    }
+
+    fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let start = self.span(page, offset, buf.len())?;
+        // SAFETY: `span` checked that [start, start+len) lies inside the mapping, which
+        // stays valid while `self` lives (the file is never shrunk while mapped). The
+        // volume layer guarantees no thread writes these bytes concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(start),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
+        let start = self.span(page, offset, data.len())?;
+        // SAFETY: as in `read`; the destination range is inside the mapping and no
+        // other thread reads or writes it meanwhile (see the module invariants).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(start),
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+
+    fn allocate(&self, start: u64, count: u64) -> Result<()> {
+        let ps = self.page_size as i64;
+        // SAFETY: fallocate on a valid descriptor; no memory is touched.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                start as i64 * ps,
+                count as i64 * ps,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            // A host file system without fallocate still works; we only lose the
+            // early ENOSPC (a write fault into a hole may then SIGBUS on a full host).
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn free(&self, start: u64, count: u64) {
+        let ps = self.page_size as i64;
+        // SAFETY: fallocate on a valid descriptor; the punched pages are unreachable
+        // from every tree, so no thread reads them.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as i64 * ps,
+                count as i64 * ps,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "punching pages {start}+{count} failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        // The mapping is MAP_SHARED: its dirty pages are the file's page cache, so
+        // fdatasync of the file writes them back.
+        self.file.sync_data()?;
+        Ok(())
+    }
+}

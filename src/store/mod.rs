@@ -1,0 +1,592 @@
+//! The page store: one device of fixed-size pages, a superblock, a reference
+//! count for every page and an extent allocator.
+//!
+//! The store knows pages, never files. Its on-disk format is only the superblock:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 8 | magic `b"CLONEFS\0"` |
+//! | 8  | 4 | format version (1) |
+//! | 12 | 4 | page size in bytes (power of two, 4 KiB..64 KiB) |
+//! | 16 | 8 | capacity in pages |
+//! | 24 | 8 | generation (the commit number) |
+//! | 32 | 8 | root page of the catalog tree (0 = empty) |
+//! | 40 | 4 | height of the catalog tree |
+//! | 48 | 8 | next cluster id |
+//! | 56 | 8 | creation time (seconds since the epoch) |
+//! | 64 | 4 | CRC-32 of bytes 0..64 |
+//!
+//! Pages 0 and 1 hold two copies; commit N writes copy N % 2, so a torn superblock
+//! write leaves the previous one intact. Open takes the valid copy with the higher
+//! generation.
+//!
+//! Reference counts live in memory only. They are derived state: at open the
+//! volume layer walks the committed trees once and counts every reference
+//! ([`Store::recount`]), so pages leaked by a crash are free again and no count can
+//! disagree with the trees after a crash. Free space is every page whose count is 0.
+
+pub mod device;
+pub mod memdev;
+
+use crate::error::{Error, Result};
+pub use device::{MmapDevice, PageDevice};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const MAGIC: &[u8; 8] = b"CLONEFS\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MIN_PAGE_SIZE: usize = 4096;
+pub const MAX_PAGE_SIZE: usize = 65536;
+/// Pages 0 and 1 hold the superblocks.
+pub const FIRST_DATA_PAGE: u64 = 2;
+const SB_BYTES: usize = 68;
+
+/// A physical page number in the store. 0 means "no page" (page 0 is a superblock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageNo(pub u64);
+
+impl PageNo {
+    pub const NONE: PageNo = PageNo(0);
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for PageNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a committed superblock records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub page_size: u32,
+    pub capacity_pages: u64,
+    pub generation: u64,
+    pub catalog_root: PageNo,
+    pub catalog_height: u32,
+    pub next_cluster_id: u64,
+    pub created: u64,
+}
+
+impl Superblock {
+    fn encode(&self, page_size: usize) -> Vec<u8> {
+        let mut b = vec![0u8; page_size];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.page_size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.capacity_pages.to_le_bytes());
+        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
+        b[32..40].copy_from_slice(&self.catalog_root.0.to_le_bytes());
+        b[40..44].copy_from_slice(&self.catalog_height.to_le_bytes());
+        b[48..56].copy_from_slice(&self.next_cluster_id.to_le_bytes());
+        b[56..64].copy_from_slice(&self.created.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..64]);
+        b[64..68].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes one superblock copy, or says what is wrong with it.
+    fn decode(b: &[u8]) -> std::result::Result<Superblock, String> {
+        if &b[0..8] != MAGIC {
+            return Err("not a clonefs store (bad magic)".into());
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        if u32_at(64) != crc32fast::hash(&b[0..64]) {
+            return Err("superblock checksum mismatch".into());
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, but this clonefs reads version {FORMAT_VERSION}{}",
+                if version > FORMAT_VERSION {
+                    " (the store was made by a newer clonefs)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let page_size = u32_at(12);
+        if !valid_page_size(page_size as usize) {
+            return Err(format!("bad page size {page_size}"));
+        }
+        Ok(Superblock {
+            page_size,
+            capacity_pages: u64_at(16),
+            generation: u64_at(24),
+            catalog_root: PageNo(u64_at(32)),
+            catalog_height: u32_at(40),
+            next_cluster_id: u64_at(48),
+            created: u64_at(56),
+        })
+    }
+}
+
+pub fn valid_page_size(ps: usize) -> bool {
+    ps.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps)
+}
+
+/// Capacity, used and free, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSpace {
+    pub page_size: u64,
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+pub struct Store {
+    dev: Arc<dyn PageDevice>,
+    path: PathBuf,
+    page_size: usize,
+    capacity: u64,
+    refs: Vec<AtomicU32>,
+    alloc: Mutex<Allocator>,
+    failed: AtomicBool,
+}
+
+/// Free extents of the store, keyed by first page.
+struct Allocator {
+    free: BTreeMap<u64, u64>,
+    free_pages: u64,
+    /// Where the next search starts, so consecutive allocations are contiguous.
+    cursor: u64,
+    /// Pages only operations that free space may use (unlink, truncate, commit).
+    reserve: u64,
+}
+
+impl Allocator {
+    fn new(capacity: u64) -> Allocator {
+        Allocator {
+            free: BTreeMap::new(),
+            free_pages: 0,
+            cursor: FIRST_DATA_PAGE,
+            reserve: (capacity / 64).clamp(16, 1024),
+        }
+    }
+
+    /// Takes up to `want` contiguous pages, preferring a run that fits whole.
+    fn take(&mut self, want: u64, use_reserve: bool) -> Option<(u64, u64)> {
+        let limit = if use_reserve { 0 } else { self.reserve };
+        if self.free_pages <= limit {
+            return None;
+        }
+        let want = want.min(self.free_pages - limit);
+        let fits = |(&s, &l): (&u64, &u64)| (l >= want).then_some((s, l));
+        let found = self
+            .free
+            .range(self.cursor..)
+            .find_map(fits)
+            .or_else(|| self.free.range(..self.cursor).find_map(fits))
+            .or_else(|| self.free.range(self.cursor..).next().map(|(&s, &l)| (s, l)))
+            .or_else(|| self.free.iter().next().map(|(&s, &l)| (s, l)))?;
+        let (start, len) = found;
+        let n = want.min(len);
+        self.free.remove(&start);
+        if len > n {
+            self.free.insert(start + n, len - n);
+        }
+        self.free_pages -= n;
+        self.cursor = start + n;
+        Some((start, n))
+    }
+
+    fn give_back(&mut self, start: u64, len: u64) {
+        let mut start = start;
+        let mut len = len;
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(start + len)) {
+            self.free.remove(&(start + len));
+            len += nl;
+        }
+        self.free.insert(start, len);
+    }
+}
+
+impl Store {
+    /// Writes a fresh pair of superblocks on `dev`; the device must be new.
+    pub fn format(dev: &dyn PageDevice, now: u64) -> Result<Superblock> {
+        let ps = dev.page_size();
+        if !valid_page_size(ps) {
+            return Err(Error::InvalidArgument(
+                "page size must be a power of two from 4 KiB to 64 KiB",
+            ));
+        }
+        let capacity = dev.capacity_pages();
+        if capacity < 64 {
+            return Err(Error::InvalidArgument("a store needs at least 64 pages"));
+        }
+        let mut sb = Superblock {
+            page_size: ps as u32,
+            capacity_pages: capacity,
+            generation: 0,
+            catalog_root: PageNo::NONE,
+            catalog_height: 0,
+            next_cluster_id: 1,
+            created: now,
+        };
+        dev.allocate(0, FIRST_DATA_PAGE)?;
+        dev.write(1, 0, &sb.encode(ps))?;
+        sb.generation = 1;
+        dev.commit(0, &Superblock::encode(&sb, ps))?;
+        Ok(sb)
+    }
+
+    /// Reads the superblocks of `dev` and returns the newest valid one, or a clear
+    /// error naming `path` and the problem. Reference counts start at zero: the
+    /// caller recounts them from the trees and then calls [`Store::recount_done`].
+    pub fn open(dev: Arc<dyn PageDevice>, path: &Path) -> Result<(Store, Superblock)> {
+        let sb = Self::read_superblock(dev.as_ref(), path)?;
+        let bad = |why: String| Error::BadStore {
+            path: path.to_owned(),
+            why,
+        };
+        if sb.page_size as usize != dev.page_size() {
+            return Err(bad(format!(
+                "superblock says page size {} but the device was opened with {}",
+                sb.page_size,
+                dev.page_size()
+            )));
+        }
+        if dev.capacity_pages() < sb.capacity_pages {
+            return Err(bad(format!(
+                "truncated: the superblock promises {} pages of {} bytes, the file holds {}",
+                sb.capacity_pages,
+                sb.page_size,
+                dev.capacity_pages()
+            )));
+        }
+        let capacity = sb.capacity_pages;
+        let store = Store {
+            page_size: dev.page_size(),
+            path: path.to_owned(),
+            capacity,
+            refs: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            alloc: Mutex::new(Allocator::new(capacity)),
+            failed: AtomicBool::new(false),
+            dev,
+        };
+        Ok((store, sb))
+    }
+
+    /// Reads both superblock copies and picks the newest valid one.
+    pub fn read_superblock(dev: &dyn PageDevice, path: &Path) -> Result<Superblock> {
+        let bad = |why: String| Error::BadStore {
+            path: path.to_owned(),
+            why,
+        };
+        if dev.capacity_pages() < FIRST_DATA_PAGE {
+            return Err(bad("too short to be a clonefs store (no superblock)".into()));
+        }
+        let mut best: Option<Superblock> = None;
+        let mut why = Vec::new();
+        for slot in 0..2u64 {
+            let mut b = vec![0u8; SB_BYTES];
+            dev.read(slot, 0, &mut b)?;
+            match Superblock::decode(&b) {
+                Ok(sb) if best.as_ref().is_none_or(|b| sb.generation > b.generation) => {
+                    best = Some(sb)
+                }
+                Ok(_) => {}
+                Err(e) => why.push(format!("superblock copy {slot}: {e}")),
+            }
+        }
+        best.ok_or_else(|| {
+            if why.iter().all(|w| w.contains("bad magic")) {
+                bad("not a clonefs store (no clonefs superblock found)".into())
+            } else {
+                bad(why.join("; "))
+            }
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    pub fn capacity_pages(&self) -> u64 {
+        self.capacity
+    }
+
+    fn guard(&self) -> Result<()> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::PreviousIo);
+        }
+        Ok(())
+    }
+
+    fn note<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(Error::Io(_)) = &r {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn check_page(&self, page: PageNo) -> Result<()> {
+        if page.0 < FIRST_DATA_PAGE || page.0 >= self.capacity {
+            return Err(Error::Corrupt {
+                page: page.0,
+                why: format!(
+                    "page number outside the store (capacity {} pages)",
+                    self.capacity
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, page: PageNo, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check_page(page)?;
+        self.dev.read(page.0, offset, buf)
+    }
+
+    pub fn write(&self, page: PageNo, offset: usize, data: &[u8]) -> Result<()> {
+        self.guard()?;
+        self.check_page(page)?;
+        self.note(self.dev.write(page.0, offset, data))
+    }
+
+    pub fn read_u64(&self, page: PageNo, offset: usize) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(page, offset, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn refcount(&self, page: PageNo) -> u32 {
+        self.refs[page.0 as usize].load(Ordering::Acquire)
+    }
+
+    pub fn incref(&self, page: PageNo) {
+        self.refs[page.0 as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops one reference and returns how many remain.
+    pub fn decref(&self, page: PageNo) -> Result<u32> {
+        let r = &self.refs[page.0 as usize];
+        let old = r.fetch_sub(1, Ordering::AcqRel);
+        if old == 0 {
+            r.store(0, Ordering::Release);
+            return Err(Error::Corrupt {
+                page: page.0,
+                why: "reference count would go below zero".into(),
+            });
+        }
+        Ok(old - 1)
+    }
+
+    /// Hands out up to `want` contiguous pages, each with a count of 1. Fails with
+    /// `NoSpace` when none is free (outside the reserve, unless `use_reserve`).
+    pub fn allocate(&self, want: u64, use_reserve: bool) -> Result<(PageNo, u64)> {
+        self.guard()?;
+        let (start, n) = self
+            .alloc
+            .lock()
+            .unwrap()
+            .take(want.max(1), use_reserve)
+            .ok_or(Error::NoSpace)?;
+        if let Err(e) = self.dev.allocate(start, n) {
+            self.alloc.lock().unwrap().give_back(start, n);
+            return Err(e);
+        }
+        for p in start..start + n {
+            self.refs[p as usize].store(1, Ordering::Release);
+        }
+        Ok((PageNo(start), n))
+    }
+
+    /// Returns pages whose count reached zero to the allocator and the host.
+    pub fn release(&self, pages: &mut [PageNo]) {
+        pages.sort_unstable();
+        let mut alloc = self.alloc.lock().unwrap();
+        let mut i = 0;
+        while i < pages.len() {
+            let start = pages[i].0;
+            let mut n = 1;
+            while i + (n as usize) < pages.len() && pages[i + n as usize].0 == start + n {
+                n += 1;
+            }
+            alloc.give_back(start, n);
+            alloc.free_pages += n;
+            self.dev.free(start, n);
+            i += n as usize;
+        }
+    }
+
+    /// After the volume layer has counted every reference of the committed trees,
+    /// every page with count 0 becomes free.
+    pub fn recount_done(&self) {
+        let mut alloc = self.alloc.lock().unwrap();
+        *alloc = Allocator::new(self.capacity);
+        let mut p = FIRST_DATA_PAGE;
+        while p < self.capacity {
+            if self.refs[p as usize].load(Ordering::Relaxed) == 0 {
+                let start = p;
+                while p < self.capacity && self.refs[p as usize].load(Ordering::Relaxed) == 0 {
+                    p += 1;
+                }
+                alloc.free.insert(start, p - start);
+                alloc.free_pages += p - start;
+            } else {
+                p += 1;
+            }
+        }
+    }
+
+    /// Is `page` free in the allocator's view (for fsck)?
+    pub fn is_free(&self, page: PageNo) -> bool {
+        let alloc = self.alloc.lock().unwrap();
+        alloc
+            .free
+            .range(..=page.0)
+            .next_back()
+            .is_some_and(|(&s, &l)| page.0 < s + l)
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.guard()?;
+        self.note(self.dev.sync())
+    }
+
+    /// Makes `sb` the committed state: the caller has synced every page it reaches.
+    pub fn commit(&self, sb: &Superblock) -> Result<()> {
+        self.guard()?;
+        let slot = sb.generation % 2;
+        self.note(self.dev.commit(slot, &sb.encode(self.page_size)))
+    }
+
+    pub fn space(&self) -> StoreSpace {
+        let alloc = self.alloc.lock().unwrap();
+        let ps = self.page_size as u64;
+        let usable = self.capacity - FIRST_DATA_PAGE;
+        StoreSpace {
+            page_size: ps,
+            capacity: usable * ps,
+            used: (usable - alloc.free_pages) * ps,
+            free: alloc.free_pages.saturating_sub(alloc.reserve) * ps,
+        }
+    }
+
+    /// Every page with a non-zero count, for fsck.
+    pub fn counts(&self) -> impl Iterator<Item = (PageNo, u32)> + '_ {
+        (FIRST_DATA_PAGE..self.capacity).filter_map(|p| {
+            let c = self.refs[p as usize].load(Ordering::Relaxed);
+            (c > 0).then_some((PageNo(p), c))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memdev::MemDevice;
+    use super::*;
+
+    fn new_store(pages: u64) -> Store {
+        let dev: Arc<dyn PageDevice> = Arc::new(MemDevice::new(4096, pages));
+        Store::format(dev.as_ref(), 7).unwrap();
+        let (store, _) = Store::open(dev, Path::new("mem")).unwrap();
+        store.recount_done();
+        store
+    }
+
+    #[test]
+    fn allocations_are_contiguous_and_released_pages_coalesce() {
+        let s = new_store(4096);
+        let (a, n) = s.allocate(100, false).unwrap();
+        assert_eq!((a, n), (PageNo(2), 100));
+        let (b, m) = s.allocate(50, false).unwrap();
+        assert_eq!((b, m), (PageNo(102), 50));
+        let before = s.space().used;
+        let mut pages: Vec<PageNo> = (2..152).map(PageNo).collect();
+        for p in &pages {
+            assert_eq!(s.decref(*p).unwrap(), 0);
+        }
+        s.release(&mut pages);
+        assert_eq!(s.space().used, before - 150 * 4096);
+        assert_eq!(
+            s.alloc.lock().unwrap().free.len(),
+            1,
+            "released runs coalesce into one extent"
+        );
+    }
+
+    #[test]
+    fn exhausting_the_store_is_nospace_and_the_reserve_is_kept_for_frees() {
+        let s = new_store(256);
+        let mut got = 0;
+        while let Ok((_, n)) = s.allocate(7, false) {
+            got += n;
+        }
+        assert!(matches!(s.allocate(1, false), Err(Error::NoSpace)));
+        assert!(
+            s.allocate(1, true).is_ok(),
+            "the reserve serves operations that free space"
+        );
+        assert_eq!(got, 254 - s.alloc.lock().unwrap().reserve);
+    }
+
+    #[test]
+    fn refcounts_never_go_below_zero() {
+        let s = new_store(128);
+        let (p, _) = s.allocate(1, false).unwrap();
+        s.incref(p);
+        assert_eq!(s.decref(p).unwrap(), 1);
+        assert_eq!(s.decref(p).unwrap(), 0);
+        assert!(matches!(s.decref(p), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn superblock_copies_alternate_and_the_newest_valid_wins() {
+        let dev = Arc::new(MemDevice::new(4096, 128));
+        let mut sb = Store::format(dev.as_ref(), 1).unwrap();
+        let (store, _) = Store::open(dev.clone(), Path::new("mem")).unwrap();
+        sb.generation = 2;
+        sb.next_cluster_id = 9;
+        store.commit(&sb).unwrap();
+        assert_eq!(
+            Store::read_superblock(dev.as_ref(), Path::new("m")).unwrap(),
+            sb
+        );
+        // Tear the newest copy: the older one is used.
+        dev.write(0, 20, &[0xff; 4]).unwrap();
+        let old = Store::read_superblock(dev.as_ref(), Path::new("m")).unwrap();
+        assert_eq!(old.generation, 0, "format wrote generation 0 into copy 1");
+    }
+
+    #[test]
+    fn bad_superblocks_are_named() {
+        let dev = MemDevice::new(4096, 128);
+        let e = Store::read_superblock(&dev, Path::new("/x/s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/s") && e.contains("not a clonefs store"),
+            "{e}"
+        );
+        let mut sb = Store::format(&dev, 1).unwrap();
+        sb.generation = 5;
+        let mut b = sb.encode(4096);
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..64]);
+        b[64..68].copy_from_slice(&crc.to_le_bytes());
+        dev.write(0, 0, &b).unwrap();
+        dev.write(1, 0, &b).unwrap();
+        let e = Store::read_superblock(&dev, Path::new("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("newer clonefs"), "{e}");
+    }
+}
