@@ -28,6 +28,12 @@ pub enum Error {
     InvalidArgument(&'static str),
     NoData,
     TooBig,
+    /// An extended attribute name or value over the kernel's limits.
+    XattrTooBig,
+    /// SEEK_DATA/SEEK_HOLE past the end of the file.
+    NoSuchOffset,
+    /// A mode or flag this file system does not implement.
+    Unsupported(&'static str),
     /// A page failed its checksum or its structure makes no sense.
     Corrupt {
         page: u64,
@@ -66,6 +72,9 @@ impl Error {
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::NoData => libc::ENODATA,
             Error::TooBig => libc::EFBIG,
+            Error::XattrTooBig => libc::E2BIG,
+            Error::NoSuchOffset => libc::ENXIO,
+            Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::Corrupt { .. } | Error::PreviousIo | Error::BadStore { .. } => libc::EIO,
             Error::Locked { .. } => libc::EBUSY,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
@@ -89,6 +98,9 @@ impl fmt::Display for Error {
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
             Error::NoData => write!(f, "no such attribute"),
             Error::TooBig => write!(f, "file too large"),
+            Error::XattrTooBig => write!(f, "extended attribute name or value too large"),
+            Error::NoSuchOffset => write!(f, "offset beyond the end of the file"),
+            Error::Unsupported(what) => write!(f, "not supported: {what}"),
             Error::Corrupt { page, why } => write!(f, "corrupt page {page}: {why}"),
             Error::BadStore { path, why } => write!(f, "{}: {why}", path.display()),
             Error::Locked { path, holder } => {

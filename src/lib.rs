@@ -5,3 +5,4 @@
 
 pub mod error;
 pub mod store;
+pub mod volume;

@@ -42,6 +42,8 @@ pub const MAX_PAGE_SIZE: usize = 65536;
 /// Pages 0 and 1 hold the superblocks.
 pub const FIRST_DATA_PAGE: u64 = 2;
 const SB_BYTES: usize = 68;
+/// The smallest reserve of pages kept for operations that free space.
+const RESERVE_MIN: u64 = 48;
 
 /// A physical page number in the store. 0 means "no page" (page 0 is a superblock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,7 +167,7 @@ impl Allocator {
             free: BTreeMap::new(),
             free_pages: 0,
             cursor: FIRST_DATA_PAGE,
-            reserve: (capacity / 64).clamp(16, 1024),
+            reserve: (capacity / 32).clamp(RESERVE_MIN, 4096),
         }
     }
 
@@ -444,6 +446,12 @@ impl Store {
                 p += 1;
             }
         }
+    }
+
+    /// Are more than `n` pages free outside the reserve?
+    pub fn has_room(&self, n: u64) -> bool {
+        let alloc = self.alloc.lock().unwrap();
+        alloc.free_pages > alloc.reserve + n
     }
 
     /// Is `page` free in the allocator's view (for fsck)?
