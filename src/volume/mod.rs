@@ -205,9 +205,18 @@ struct Op<'a> {
 }
 
 impl<'a> Op<'a> {
+    /// The inode to change. Its record page is made private to this cluster first,
+    /// so that the counts of the trees it references say whether they are shared.
     fn inode(&mut self, ino: Ino) -> Result<&mut Inode> {
         if !self.touched.contains_key(&ino) {
             let i = self.vol.load(self.st, ino)?;
+            self.vol.eng.writable_record(
+                &mut self.st.itable,
+                NodeKind::RadixInodes,
+                ino.0,
+                true,
+            )?;
+            self.cl.dirty.store(true, Ordering::Release);
             self.touched.insert(ino, i);
         }
         Ok(self.touched.get_mut(&ino).unwrap())
@@ -594,6 +603,10 @@ impl Volume {
     }
 
     fn free_inode(&self, cl: &Cluster, st: &mut State, ino: Ino, mut i: Inode) -> Result<()> {
+        // Private record page first: its copy takes its own references to the trees
+        // dropped below, so a clone sharing the old page keeps them.
+        self.eng
+            .writable_record(&mut st.itable, NodeKind::RadixInodes, ino.0, true)?;
         let mut t = i.content();
         self.eng.drop_tree(&mut t);
         let mut x = i.xattrs();
@@ -2139,3 +2152,5 @@ fn probe_page_size(path: &Path) -> Result<usize> {
         Err(bad(format!("bad page size {ps} in the superblock")))
     }
 }
+#[cfg(test)]
+mod tests;

@@ -444,15 +444,17 @@ impl Engine {
         )
     }
 
-    /// Writes record `index` of a record tree, copying what must be copied.
-    pub fn write_record(
+    /// Makes the record page holding record `index` writable, copying what must be
+    /// copied from the root down, and returns it. Call this before changing anything
+    /// the record references: the copies made here raise the counts of the trees
+    /// below, which is what tells a later write that they are shared.
+    pub fn writable_record(
         &self,
         tree: &mut Tree,
         radix: NodeKind,
         index: u64,
-        rec: &[u8],
         reserve: bool,
-    ) -> Result<()> {
+    ) -> Result<PageNo> {
         let leaf = radix.leaf().expect("a record tree");
         let per = self.per_page(leaf);
         let (node, slot) = self.cow_path(tree, radix, index / per, reserve)?;
@@ -466,6 +468,21 @@ impl Engine {
         if page != old {
             self.set_entry(node, slot, page)?;
         }
+        Ok(page)
+    }
+
+    /// Writes record `index` of a record tree, copying what must be copied.
+    pub fn write_record(
+        &self,
+        tree: &mut Tree,
+        radix: NodeKind,
+        index: u64,
+        rec: &[u8],
+        reserve: bool,
+    ) -> Result<()> {
+        let leaf = radix.leaf().expect("a record tree");
+        let per = self.per_page(leaf);
+        let page = self.writable_record(tree, radix, index, reserve)?;
         self.store.write(
             page,
             HEADER + (index % per) as usize * leaf.record_size(),

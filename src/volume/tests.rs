@@ -1,0 +1,295 @@
+//! Unit tests of the volume layer on an in-memory device.
+
+use super::*;
+use crate::store::memdev::MemDevice;
+
+const WHO: NewInode = NewInode {
+    perm: 0o755,
+    uid: 0,
+    gid: 0,
+};
+
+fn vol(pages: u64) -> (Arc<Volume>, Arc<MemDevice>) {
+    Volume::in_memory(4096, pages).unwrap()
+}
+
+fn reopen(v: Arc<Volume>, dev: &Arc<MemDevice>) -> Arc<Volume> {
+    v.close().unwrap();
+    drop(v);
+    let d = Arc::new(MemDevice::from_image(
+        4096,
+        dev.capacity_pages(),
+        dev.live_image(),
+    ));
+    Volume::open_device(d, Path::new("mem"), false).unwrap()
+}
+
+fn file(v: &Volume, c: ClusterId, name: &str) -> Ino {
+    v.mknod(c, Ino::ROOT, name.as_bytes(), Kind::File, WHO, 0)
+        .unwrap()
+        .ino
+}
+
+fn clean(v: &Volume) {
+    let r = v.fsck().unwrap();
+    assert!(r.is_clean(), "{r}");
+}
+
+#[test]
+fn write_read_clone_and_copy_on_write_both_sides() {
+    let (v, _) = vol(4096);
+    let prod = v.create_cluster("prod", WHO).unwrap().id;
+    let f = file(&v, prod, "f");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(v.write(prod, f, 0, &data).unwrap(), data.len());
+    assert_eq!(v.read(prod, f, 0, 400_000).unwrap(), data);
+    let used = v.statfs().used;
+    let test = v.clone_cluster("prod", "test").unwrap().id;
+    assert_eq!(v.statfs().used, used, "a clone allocates nothing");
+    let tf = v.lookup(test, Ino::ROOT, b"f").unwrap().ino;
+    assert_eq!(v.read(test, tf, 0, 400_000).unwrap(), data);
+    v.write(prod, f, 5000, b"PROD").unwrap();
+    v.write(test, tf, 9000, b"TEST").unwrap();
+    let p = v.read(prod, f, 0, 400_000).unwrap();
+    let t = v.read(test, tf, 0, 400_000).unwrap();
+    assert_eq!(&p[5000..5004], b"PROD");
+    assert_eq!(&p[9000..9004], &data[9000..9004]);
+    assert_eq!(&t[9000..9004], b"TEST");
+    assert_eq!(&t[5000..5004], &data[5000..5004]);
+    clean(&v);
+    v.delete_cluster("prod").unwrap();
+    assert_eq!(v.read(test, tf, 0, 4).unwrap(), &data[0..4]);
+    clean(&v);
+}
+
+#[test]
+fn everything_survives_a_reopen_and_deleting_frees_unique_pages() {
+    let (v, dev) = vol(8192);
+    let a = v.create_cluster("a", WHO).unwrap().id;
+    v.mkdir(a, Ino::ROOT, b"d", WHO).unwrap();
+    let d = v.lookup(a, Ino::ROOT, b"d").unwrap().ino;
+    let f = v.mknod(a, d, b"x", Kind::File, WHO, 0).unwrap().ino;
+    v.write(a, f, 100_000, b"hello").unwrap();
+    v.symlink(a, Ino::ROOT, b"l", b"d/x", WHO).unwrap();
+    v.setxattr(a, f, b"user.k", b"v", XattrMode::Create)
+        .unwrap();
+    v.clone_cluster("a", "b").unwrap();
+    let v = reopen(v, &dev);
+    let a = v.cluster_by_name("a").unwrap().id;
+    let b = v.cluster_by_name("b").unwrap().id;
+    for c in [a, b] {
+        let d = v.lookup(c, Ino::ROOT, b"d").unwrap().ino;
+        let f = v.lookup(c, d, b"x").unwrap();
+        assert_eq!(f.size, 100_005);
+        assert_eq!(v.read(c, f.ino, 100_000, 10).unwrap(), b"hello");
+        assert_eq!(v.read(c, f.ino, 0, 10).unwrap(), vec![0; 10]);
+        assert_eq!(v.getxattr(c, f.ino, b"user.k").unwrap(), b"v");
+    }
+    let l = v.lookup(a, Ino::ROOT, b"l").unwrap().ino;
+    assert_eq!(v.readlink(a, l).unwrap(), b"d/x");
+    let g = file(&v, b, "big");
+    v.write(b, g, 0, &vec![7u8; 1 << 20]).unwrap();
+    v.commit().unwrap();
+    v.commit().unwrap();
+    let unique = v
+        .space()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "b")
+        .unwrap()
+        .unique;
+    assert!(unique >= 1 << 20, "{unique}");
+    let before = v.statfs().used;
+    v.delete_cluster("b").unwrap();
+    v.commit().unwrap();
+    v.commit().unwrap();
+    assert_eq!(
+        before - v.statfs().used,
+        unique,
+        "deleting frees exactly the unique pages"
+    );
+    clean(&v);
+}
+
+#[test]
+fn directories_rename_and_links_keep_posix_counts() {
+    let (v, _) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let d1 = v.mkdir(c, Ino::ROOT, b"d1", WHO).unwrap().ino;
+    let d2 = v.mkdir(c, Ino::ROOT, b"d2", WHO).unwrap().ino;
+    assert_eq!(v.getattr(c, Ino::ROOT).unwrap().nlink, 4);
+    let f = v.mknod(c, d1, b"f", Kind::File, WHO, 0).unwrap().ino;
+    v.link(c, f, d2, b"g").unwrap();
+    assert_eq!(v.getattr(c, f).unwrap().nlink, 2);
+    assert!(matches!(v.rmdir(c, Ino::ROOT, b"d1"), Err(Error::NotEmpty)));
+    v.rename(c, Ino::ROOT, b"d1", d2, b"sub", RenameFlags::default())
+        .unwrap();
+    assert_eq!(v.getattr(c, Ino::ROOT).unwrap().nlink, 3);
+    assert_eq!(v.getattr(c, d2).unwrap().nlink, 3);
+    assert!(matches!(
+        v.rename(c, Ino::ROOT, b"d2", d1, b"x", RenameFlags::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    let h = v.mknod(c, d2, b"h", Kind::File, WHO, 0).unwrap().ino;
+    v.rename(
+        c,
+        d2,
+        b"h",
+        d2,
+        b"g",
+        RenameFlags {
+            exchange: true,
+            noreplace: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(v.lookup(c, d2, b"g").unwrap().ino, h);
+    assert_eq!(v.lookup(c, d2, b"h").unwrap().ino, f);
+    assert!(matches!(
+        v.rename(
+            c,
+            d2,
+            b"h",
+            d2,
+            b"g",
+            RenameFlags {
+                noreplace: true,
+                exchange: false
+            }
+        ),
+        Err(Error::AlreadyExists(_))
+    ));
+    v.rename(c, d2, b"h", d2, b"g", RenameFlags::default())
+        .unwrap();
+    assert_eq!(v.getattr(c, f).unwrap().nlink, 2);
+    assert!(matches!(v.getattr(c, h), Err(Error::NotFound)));
+    let names: Vec<Vec<u8>> = v
+        .readdir(c, d2, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"g".to_vec(),
+            b"sub".to_vec()
+        ]
+    );
+    clean(&v);
+}
+
+#[test]
+fn truncate_punch_seek_and_shared_copy() {
+    let (v, _) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "f");
+    v.write(c, f, 0, &vec![1u8; 5 * 4096]).unwrap();
+    v.fallocate(
+        c,
+        f,
+        4096,
+        8192,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
+    assert_eq!(v.seek(c, f, 0, Whence::Hole).unwrap(), 4096);
+    assert_eq!(v.seek(c, f, 4096, Whence::Data).unwrap(), 3 * 4096);
+    assert_eq!(v.read(c, f, 4096, 10).unwrap(), vec![0; 10]);
+    v.setattr(
+        c,
+        f,
+        &SetAttr {
+            size: Some(100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    v.setattr(
+        c,
+        f,
+        &SetAttr {
+            size: Some(9000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = v.read(c, f, 0, 9000).unwrap();
+    assert_eq!(&r[..100], &[1u8; 100][..]);
+    assert!(
+        r[100..].iter().all(|b| *b == 0),
+        "bytes past a shrink read as zeros"
+    );
+    let g = file(&v, c, "g");
+    v.write(c, f, 0, &vec![9u8; 64 * 4096]).unwrap();
+    let used = v.statfs().used;
+    assert_eq!(
+        v.copy_range(c, f, 0, c, g, 0, 64 * 4096).unwrap(),
+        64 * 4096
+    );
+    assert!(v.statfs().used - used < 8 * 4096, "copy_range shares pages");
+    v.write(c, g, 0, b"x").unwrap();
+    assert_eq!(v.read(c, f, 0, 1).unwrap(), b"\x09");
+    clean(&v);
+}
+
+#[test]
+fn a_full_store_is_nospace_and_recovers_after_a_delete() {
+    let (v, _) = vol(1024);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "f");
+    let chunk = vec![3u8; 64 * 1024];
+    let mut off = 0;
+    loop {
+        match v.write(c, f, off, &chunk) {
+            Ok(n) => off += n as u64,
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(off > 2 << 20, "{off}");
+    clean(&v);
+    assert!(matches!(
+        v.mknod(c, Ino::ROOT, b"g", Kind::File, WHO, 0),
+        Err(Error::NoSpace)
+    ));
+    v.unlink(c, Ino::ROOT, b"f").unwrap();
+    let g = file(&v, c, "g");
+    assert_eq!(v.write(c, g, 0, &chunk).unwrap(), chunk.len());
+    clean(&v);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let (v, _) = vol(1024);
+    assert!(matches!(
+        v.create_cluster("bad_name", WHO),
+        Err(Error::InvalidName { .. })
+    ));
+    v.create_cluster("ok", WHO).unwrap();
+    assert!(matches!(
+        v.create_cluster("ok", WHO),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        v.clone_cluster("ok", "ok"),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(v.clone_cluster("nope", "x"), Err(Error::NotFound)));
+    let c = v.cluster_by_name("ok").unwrap().id;
+    let long = vec![b'a'; 256];
+    assert!(matches!(
+        v.mknod(c, Ino::ROOT, &long, Kind::File, WHO, 0),
+        Err(Error::NameTooLong)
+    ));
+    assert!(matches!(
+        v.mknod(c, Ino::ROOT, b"a/b", Kind::File, WHO, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        v.mknod(c, Ino::ROOT, b"..", Kind::File, WHO, 0),
+        Err(Error::AlreadyExists(_))
+    ));
+}
