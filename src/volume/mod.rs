@@ -120,6 +120,8 @@ struct Cluster {
     state: RwLock<State>,
     dirs: Mutex<HashMap<Ino, DirIndex>>,
     open: Mutex<HashMap<Ino, u32>>,
+    /// The epoch in which each inode's size or page map last changed, until durable.
+    remapped: Mutex<HashMap<Ino, u64>>,
     dirty: AtomicBool,
     deleted: AtomicBool,
 }
@@ -144,6 +146,7 @@ impl Cluster {
             }),
             dirs: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            remapped: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
         }
@@ -202,6 +205,9 @@ struct Op<'a> {
     cl: &'a Cluster,
     st: &'a mut State,
     touched: BTreeMap<Ino, Inode>,
+    /// Inodes whose change left their size and page map as they were: an
+    /// fdatasync of them needs their data pages synced, not a commit.
+    data_only: std::collections::BTreeSet<Ino>,
 }
 
 impl<'a> Op<'a> {
@@ -304,8 +310,13 @@ impl<'a> Op<'a> {
     }
 
     fn finish(self) -> Result<()> {
+        let epoch = self.vol.eng.epoch();
+        let mut remapped = self.cl.remapped.lock().unwrap();
         for (ino, i) in &self.touched {
             self.vol.store_inode(self.cl, self.st, *ino, i)?;
+            if !self.data_only.contains(ino) {
+                remapped.insert(*ino, epoch);
+            }
         }
         Ok(())
     }
@@ -533,6 +544,12 @@ impl Volume {
         self.eng.store.sync()?;
         self.eng.store.commit(&sb)?;
         cs.durable = sb.generation;
+        for cl in self.catalog.read().unwrap().by_id.values() {
+            cl.remapped
+                .lock()
+                .unwrap()
+                .retain(|_, e| *e > sb.generation);
+        }
         self.eng.apply_deferred(deferred)
     }
 
@@ -671,6 +688,7 @@ impl Volume {
                 cl: &cl,
                 st: &mut st,
                 touched: BTreeMap::new(),
+                data_only: Default::default(),
             };
             let r = f(&mut op);
             match r {
@@ -1340,18 +1358,22 @@ impl Volume {
             let mut t = i.content();
             let r = self.write_bytes(&mut t, &mut i.mapped, offset, data, false);
             i.set_content(t);
-            let n = match r {
-                Ok(n) => n,
-                Err(Error::NoSpace) if data.is_empty() => 0,
+            let (n, remapped) = match r {
+                Ok(r) => r,
+                Err(Error::NoSpace) if data.is_empty() => (0, false),
                 Err(e) => return Err(e),
             };
             if n == 0 && !data.is_empty() {
                 return Err(Error::NoSpace);
             }
+            let grows = offset + n as u64 > i.size;
             i.size = i.size.max(offset + n as u64);
             let now = inode::now_ns();
             i.mtime = now;
             i.ctime = now;
+            if !remapped && !grows {
+                op.data_only.insert(ino);
+            }
             Ok(n)
         })
     }
@@ -1445,8 +1467,9 @@ impl Volume {
     }
 
     /// Writes `data` at `offset` into content tree `t`, copying shared pages and
-    /// mapping new ones in contiguous runs. Returns bytes written; on running out of
-    /// space part way, the bytes written so far.
+    /// mapping new ones in contiguous runs. Returns bytes written (on running out of
+    /// space part way, the bytes written so far) and whether any page was remapped
+    /// (a hole filled or a shared page copied), which a commit must make durable.
     fn write_bytes(
         &self,
         t: &mut Tree,
@@ -1454,10 +1477,11 @@ impl Volume {
         offset: u64,
         data: &[u8],
         reserve: bool,
-    ) -> Result<usize> {
+    ) -> Result<(usize, bool)> {
         let ps = self.eng.ps as u64;
         let fan = self.eng.fanout;
         let mut done = 0usize;
+        let mut remapped = false;
         while done < data.len() {
             let pos = offset + done as u64;
             let idx = pos / ps;
@@ -1474,8 +1498,9 @@ impl Volume {
                 reserve,
             );
             match r {
-                Ok(n) => {
+                Ok((n, fresh)) => {
                     done += n;
+                    remapped |= fresh;
                     if (n as u64) < end - pos {
                         break;
                     }
@@ -1484,7 +1509,7 @@ impl Volume {
                 Err(e) => return Err(e),
             }
         }
-        Ok(done)
+        Ok((done, remapped))
     }
 
     /// Writes within one leaf radix node: pages `[idx, idx + npages)`.
@@ -1498,7 +1523,7 @@ impl Volume {
         pos: u64,
         data: &[u8],
         reserve: bool,
-    ) -> Result<usize> {
+    ) -> Result<(usize, bool)> {
         let ps = self.eng.ps as u64;
         let (leaf, slot0) = self.eng.cow_path(t, NodeKind::RadixData, idx, reserve)?;
         let old = self.map_range(*t, idx, npages)?;
@@ -1568,7 +1593,7 @@ impl Volume {
             off += n;
             k += run;
         }
-        Ok(done)
+        Ok((done, wanted > 0))
     }
 
     /// Sets a file's size: unmaps whole pages past it and zeros the tail of the last.
@@ -1608,6 +1633,20 @@ impl Volume {
     pub fn fsync(&self, c: ClusterId, ino: Ino) -> Result<()> {
         self.getattr(c, ino)?;
         self.commit()
+    }
+
+    /// Makes a file's data durable, and the metadata needed to read it back. When
+    /// its size and page map are as last committed, its pages were overwritten in
+    /// place, so syncing the data pages is enough; otherwise this commits.
+    pub fn fdatasync(&self, c: ClusterId, ino: Ino) -> Result<()> {
+        let cl = self.cluster(c)?;
+        self.getattr(c, ino)?;
+        let pending = cl.remapped.lock().unwrap().get(&ino).copied();
+        let durable = self.commit.lock().unwrap().durable;
+        match pending {
+            Some(e) if e > durable => self.commit(),
+            _ => self.eng.store.sync(),
+        }
     }
 
     /// A handle on the file was opened (unlinked files live until the last release).
@@ -1740,7 +1779,7 @@ impl Volume {
                 break;
             }
             let mut t = i.content();
-            let n = self.write_bytes(&mut t, &mut i.mapped, hole * ps, &zeros, false)?;
+            let (n, _) = self.write_bytes(&mut t, &mut i.mapped, hole * ps, &zeros, false)?;
             i.set_content(t);
             if n < zeros.len() {
                 return Err(Error::NoSpace);
@@ -1848,6 +1887,7 @@ impl Volume {
                 cl: &d,
                 st: &mut dst_st,
                 touched: BTreeMap::new(),
+                data_only: Default::default(),
             };
             let dst = op.inode(dino)?;
             if dst.kind == Kind::Dir {
@@ -1929,7 +1969,7 @@ impl Volume {
         let mut t = dst.content();
         let n = self.write_bytes(&mut t, &mut dst.mapped, off, bytes, false);
         dst.set_content(t);
-        let n = n?;
+        let (n, _) = n?;
         dst.size = dst.size.max(off + n as u64);
         Ok(n)
     }
@@ -2038,7 +2078,7 @@ impl Volume {
             let mut scratch = 0;
             if raw.is_empty() {
                 self.eng.drop_tree(&mut t);
-            } else if self.write_bytes(&mut t, &mut scratch, 0, &raw, true)? < raw.len() {
+            } else if self.write_bytes(&mut t, &mut scratch, 0, &raw, true)?.0 < raw.len() {
                 return Err(Error::NoSpace);
             }
             let ps = self.eng.ps as u64;

@@ -293,3 +293,30 @@ fn bad_names_are_refused() {
         Err(Error::AlreadyExists(_))
     ));
 }
+
+#[test]
+fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
+    let (v, dev) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "wal");
+    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
+    v.fdatasync(c, f).unwrap();
+    // Overwrites in place: no commit needed, the data pages are synced.
+    v.write(c, f, 8192, b"committed-txn").unwrap();
+    v.fdatasync(c, f).unwrap();
+    // A write that grows the file needs a commit, which fdatasync does.
+    v.write(c, f, 64 * 1024, b"tail").unwrap();
+    v.fdatasync(c, f).unwrap();
+    let image = dev.power_cut(99);
+    let v2 = Volume::open_device(
+        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
+        Path::new("cut"),
+        false,
+    )
+    .unwrap();
+    let c = v2.cluster_by_name("c").unwrap().id;
+    let f = v2.lookup(c, Ino::ROOT, b"wal").unwrap().ino;
+    assert_eq!(v2.read(c, f, 8192, 13).unwrap(), b"committed-txn");
+    assert_eq!(v2.read(c, f, 64 * 1024, 10).unwrap(), b"tail");
+    clean(&v2);
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every clonefs test: installs what is missing (fuse3 and the tools the tests drive),
+# builds, then runs the unit, model, crash, power-cut and real-mount tests. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v rsync >/dev/null || need+=(rsync)
+command -v python3 >/dev/null || need+=(python3)
+command -v tar >/dev/null || need+=(tar)
+if ((${#need[@]})); then
+  echo "test.sh: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -qq
+  timeout 900 apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/fuse ] || { echo "test.sh: /dev/fuse is missing: the mount tests cannot run" >&2; exit 1; }
+
+echo "test.sh: building"
+cargo build --release --all-targets
+echo "test.sh: running every test"
+cargo test --all-targets -- --test-threads 2
