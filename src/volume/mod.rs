@@ -11,10 +11,12 @@
 //! 1. the epoch gate: shared by every change, exclusive for the instant a commit
 //!    seals an epoch (reads do not take it);
 //! 2. a cluster's state lock: shared by reads, exclusive for changes, clone and delete;
-//! 3. a cluster's directory-index and open-count mutexes;
-//! 4. the engine's deferred list and the allocator (inside the store).
+//! 3. the catalog (clone and delete take it while holding the cluster; anyone else
+//!    takes it alone, or under the exclusive gate);
+//! 4. a cluster's directory-index and open-count mutexes;
+//! 5. the engine's deferred list and the allocator (inside the store).
 //!
-//! Nothing commits while holding 2-4. Space: an operation that adds metadata first
+//! Nothing commits while holding 2-5. Space: an operation that adds metadata first
 //! checks that the store has room beyond its reserve, then draws on the reserve, so
 //! it never fails half-done for want of a page; unlink, rmdir, truncate and delete
 //! draw on the reserve without the check; data pages never come from the reserve,
@@ -833,8 +835,12 @@ impl Volume {
         cl.deleted.store(true, Ordering::Release);
         self.eng.drop_tree(&mut st.itable);
         cl.dirs.lock().unwrap().clear();
+        drop(cat);
+        drop(st);
+        drop(_gate);
         log::info!("cluster {name} deleted");
-        Ok(())
+        // A commit now gives the space back at once, as a user deleting a clone expects.
+        self.commit()
     }
 
     pub fn clusters(&self) -> Vec<ClusterInfo> {
@@ -2106,14 +2112,18 @@ impl Volume {
 
     /// Logical, shared and unique bytes of every cluster (a walk of every tree).
     pub fn space(&self) -> Result<Vec<ClusterSpace>> {
-        let cat = self.catalog.read().unwrap();
-        let mut trees = Vec::new();
-        let mut guards = Vec::new();
-        for cl in cat.by_name.values() {
-            let st = cl.state.read().unwrap();
-            trees.push((cl.name.clone(), st.itable));
-            guards.push(st);
-        }
+        // The walk needs every tree still: hold changes off for its length (reads
+        // go on); walking the committed roots under the commit lock instead would
+        // let writers go on too.
+        let _gate = self.gate.write().unwrap();
+        let trees: Vec<(String, Tree)> = self
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .map(|c| (c.name.clone(), c.state.read().unwrap().itable))
+            .collect();
         check::space(&self.eng, &trees)
     }
 
