@@ -1680,7 +1680,8 @@ impl Volume {
                 false
             }
         };
-        if !last {
+        // Only an unlinked file has anything to free on its last release.
+        if !last || self.getattr(c, ino).is_ok_and(|a| a.nlink > 0) {
             return Ok(());
         }
         self.op(c, false, |op| {

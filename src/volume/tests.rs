@@ -320,3 +320,25 @@ fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
     assert_eq!(v2.read(c, f, 64 * 1024, 10).unwrap(), b"tail");
     clean(&v2);
 }
+
+#[test]
+fn a_file_unlinked_while_open_lives_until_its_last_release() {
+    let (v, _) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "tmp");
+    v.write(c, f, 0, &vec![5u8; 100_000]).unwrap();
+    v.open_file(c, f).unwrap();
+    v.unlink(c, Ino::ROOT, b"tmp").unwrap();
+    assert_eq!(
+        v.read(c, f, 99_990, 10).unwrap(),
+        vec![5u8; 10],
+        "still readable while open"
+    );
+    // A clone taken now does not keep the orphan: nobody has it open there.
+    let t = v.clone_cluster("c", "t").unwrap().id;
+    assert!(matches!(v.getattr(t, f), Err(Error::NotFound)));
+    clean(&v);
+    v.release_file(c, f).unwrap();
+    assert!(matches!(v.getattr(c, f), Err(Error::NotFound)));
+    clean(&v);
+}
