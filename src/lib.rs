@@ -4,5 +4,6 @@
 //! page maps, clone) -> `store` (pages, reference counts, allocator, device).
 
 pub mod error;
+pub mod fs;
 pub mod store;
 pub mod volume;
