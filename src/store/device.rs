@@ -44,6 +44,9 @@ pub trait PageDevice: Send + Sync {
     }
 }
 
+/// Writes at least this long use pwrite(2) rather than a copy into the mapping.
+const PWRITE_MIN: usize = 64 * 1024;
+
 /// A store file mapped into memory.
 pub struct MmapDevice {
     path: PathBuf,
@@ -193,6 +196,13 @@ impl PageDevice for MmapDevice {
 
     fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
         let start = self.span(page, offset, data.len())?;
+        if data.len() >= PWRITE_MIN {
+            // Large runs go through the page cache directly: the same pages the
+            // mapping shows, without a page fault per page.
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(data, start as u64)?;
+            return Ok(());
+        }
         // SAFETY: as in `read`; the destination range is inside the mapping and no
         // other thread reads or writes it meanwhile (see the module invariants).
         unsafe {
