@@ -506,6 +506,10 @@ impl Volume {
         if cs.durable >= target {
             return Ok(());
         }
+        if !self.eng.has_pending() && !self.any_dirty() {
+            // Nothing changed since the last commit: it is the current state.
+            return Ok(());
+        }
         let (sb, deferred, written) = {
             let _gate = self.gate.write().unwrap();
             let mut cat = self.catalog.write().unwrap();
@@ -1361,6 +1365,9 @@ impl Volume {
             if i.kind == Kind::Dir {
                 return Err(Error::IsADirectory);
             }
+            if offset > i.size && !data.is_empty() {
+                self.zero_gap(i, offset)?;
+            }
             let mut t = i.content();
             let r = self.write_bytes(&mut t, &mut i.mapped, offset, data, false);
             i.set_content(t);
@@ -1613,8 +1620,34 @@ impl Volume {
                 .unmap_range(&mut t, NodeKind::RadixData, keep, u64::MAX, true)?;
             i.set_content(t);
             self.zero_within(i, size, size.div_ceil(ps) * ps)?;
+        } else {
+            self.zero_gap(i, size)?;
         }
         i.size = size;
+        Ok(())
+    }
+
+    /// Zeros what mapped pages hold in `[i.size, to)` before the file grows over it.
+    /// Bytes past the end of file must read as zeros, but after a crash they may hold
+    /// an in-place write that the last commit did not include (the size rolled back).
+    fn zero_gap(&self, i: &mut Inode, to: u64) -> Result<()> {
+        let ps = self.eng.ps as u64;
+        let mut from = i.size;
+        while from < to {
+            let Some(p) = self
+                .eng
+                .seek(i.content(), NodeKind::RadixData, from / ps, true)?
+            else {
+                break;
+            };
+            let start = (p * ps).max(from);
+            if start >= to {
+                break;
+            }
+            let end = ((p + 1) * ps).min(to);
+            self.zero_within(i, start, end)?;
+            from = end;
+        }
         Ok(())
     }
 
@@ -1737,6 +1770,9 @@ impl Volume {
                 self.punch(i, offset, end.min(i.size))?;
             }
             if !punch {
+                if !keep && end > i.size {
+                    self.zero_gap(i, end)?;
+                }
                 self.allocate_range(i, offset, end)?;
                 if !keep {
                     i.size = i.size.max(end);
@@ -1919,6 +1955,9 @@ impl Volume {
         let ps = self.eng.ps as u64;
         if len == 0 {
             return Ok(0);
+        }
+        if doff > dst.size {
+            self.zero_gap(dst, doff)?;
         }
         let aligned = soff % ps == doff % ps;
         let head = if aligned {
