@@ -1293,6 +1293,23 @@ impl Filesystem for CloneFs {
         reply.ok();
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (isatty() probes arrive here): the usual answer for a file
+        // that has none.
+        debug!("ioctl {:?} cmd {cmd:#x}", Node::decode(ino.0));
+        reply.error(Errno::ENOTTY);
+    }
+
     fn create(
         &self,
         req: &Request,
