@@ -1,0 +1,173 @@
+//! Real mounts for integration tests: a [`Mounted`] guard makes a store in a
+//! temporary directory, mounts it with the `clonefs` binary, and unmounts it on
+//! drop, so no test leaves a mount or a daemon behind, whatever it panics on.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clonefs");
+
+/// Runs `cmd` under `timeout 60`; returns its output, whatever its exit status.
+pub fn run(cmd: &[&str]) -> Output {
+    run_for(60, cmd)
+}
+
+/// Runs `cmd` under `timeout SECS`.
+pub fn run_for(secs: u32, cmd: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` under `timeout 60` and panics, showing its output, unless it succeeds.
+pub fn run_ok(cmd: &[&str]) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Why real mounts cannot run here, if they cannot.
+pub fn no_fuse() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    None
+}
+
+/// A mounted store in a temporary directory.
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    /// The daemon's pid, killed on drop if unmounting did not end it.
+    pid: Option<u32>,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// A 1 GiB store, mounted; `None` (with a message) where FUSE is unavailable.
+    pub fn new() -> Option<Mounted> {
+        Self::with_size("1G")
+    }
+
+    pub fn with_size(size: &str) -> Option<Mounted> {
+        if let Some(why) = no_fuse() {
+            eprintln!("SKIPPED: real-mount test needs FUSE: {why}");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("clonefs-test.")
+            .tempdir()
+            .expect("temporary directory");
+        let store = dir.path().join("store.clonefs");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run_ok(&[BIN, "mkfs", s(&store), "--size", size]);
+        let mut m = Mounted {
+            dir,
+            store,
+            mnt,
+            pid: None,
+            mounted: false,
+        };
+        run_ok(&[BIN, "mount", s(&m.store), s(&m.mnt)]);
+        m.mounted = true;
+        m.pid = m.daemon_pid();
+        assert!(m.pid.is_some(), "no daemon pid in the status file");
+        Some(m)
+    }
+
+    /// `rel` under the mount point.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn mnt_str(&self) -> &str {
+        s(&self.mnt)
+    }
+
+    pub fn store_str(&self) -> &str {
+        s(&self.store)
+    }
+
+    fn daemon_pid(&self) -> Option<u32> {
+        let doc = std::fs::read_to_string(self.path(".clonefs-status")).ok()?;
+        let at = doc.find("\"pid\":")? + 6;
+        let digits: String = doc[at..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// Unmounts with `clonefs umount` (which waits for the daemon to commit and
+    /// exit) and panics if that fails; the guard then has nothing left to do.
+    pub fn umount(&mut self) {
+        run_ok(&[BIN, "umount", s(&self.mnt)]);
+        self.mounted = false;
+        assert!(
+            !is_mounted(&self.mnt),
+            "{} still mounted after clonefs umount",
+            self.mnt.display()
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            let out = run(&[BIN, "umount", s(&self.mnt)]);
+            if !out.status.success() {
+                eprintln!(
+                    "clonefs umount failed: {}; detaching",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                run_for(20, &["fusermount3", "-uz", s(&self.mnt)]);
+            }
+        }
+        // Only our own daemon, by its pid.
+        if let Some(pid) = self.pid {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                eprintln!("daemon {pid} still running; killing it");
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(st) => st
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+    }
+}
+
+/// Is `p` a mount point in /proc/mounts?
+pub fn is_mounted(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let needle = format!(" {} ", p.display());
+    mounts.lines().any(|l| l.contains(&needle))
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}

@@ -1,0 +1,254 @@
+//! A real mount driven through std::fs and the clonefs command: clusters, clones
+//! through `.clone` and the CLI, independence of both sides, the refusals, status,
+//! and a clean fsck after unmount.
+
+mod common;
+
+use common::{run, run_ok, Mounted, BIN};
+use std::fs;
+use std::io::ErrorKind;
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn clusters_clone_and_stay_independent() {
+    let Some(mut m) = Mounted::new() else { return };
+
+    fs::create_dir(m.path("prod")).unwrap();
+    fs::create_dir_all(m.path("prod/sub/dir")).unwrap();
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    fs::write(m.path("prod/data"), &data).unwrap();
+    fs::write(m.path("prod/sub/dir/f"), b"hello\n").unwrap();
+    assert_eq!(fs::read(m.path("prod/data")).unwrap(), data);
+
+    // Clone through the control directory: same content, at the root.
+    fs::create_dir(m.path("prod/.clone/test")).unwrap();
+    assert!(m.path("test").is_dir());
+    assert_eq!(fs::read(m.path("test/data")).unwrap(), data);
+    assert_eq!(fs::read(m.path("test/sub/dir/f")).unwrap(), b"hello\n");
+
+    // `.clone` is reachable but never listed; it lists the clones made from it.
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("prod"), ["data", "sub"]);
+    assert_eq!(names("prod/.clone"), ["test"]);
+    assert_eq!(names(""), ["prod", "test"]);
+    assert!(m.path("prod/.clone/test").is_dir());
+
+    // Writes on either side stay on that side.
+    fs::write(m.path("prod/sub/dir/f"), b"changed in prod\n").unwrap();
+    fs::write(m.path("test/only-in-test"), b"t").unwrap();
+    assert_eq!(fs::read(m.path("test/sub/dir/f")).unwrap(), b"hello\n");
+    assert!(!m.path("prod/only-in-test").exists());
+    assert_eq!(
+        fs::read(m.path("prod/sub/dir/f")).unwrap(),
+        b"changed in prod\n"
+    );
+
+    // A write that completed (not fsync'd) is in a clone made after it.
+    fs::write(m.path("prod/unsynced"), b"fresh").unwrap();
+    fs::create_dir(m.path("prod/.clone/now")).unwrap();
+    assert_eq!(fs::read(m.path("now/unsynced")).unwrap(), b"fresh");
+
+    // The command: clone of a clone.
+    let out = run_ok(&[
+        BIN,
+        "clone",
+        "--source-cluster",
+        "test",
+        "--cluster",
+        "test2",
+        m.mnt_str(),
+    ]);
+    assert!(out.starts_with("cloned test as test2 in "), "{out}");
+    assert_eq!(fs::read(m.path("test2/data")).unwrap(), data);
+    let again = run(&[
+        BIN,
+        "clone",
+        "--source-cluster",
+        "test",
+        "--cluster",
+        "test2",
+        m.mnt_str(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("cluster test2 already exists"),
+        "{again:?}"
+    );
+
+    // Refusals: bad names, files at the root, renaming clusters.
+    let e = fs::create_dir(m.path("prod/.clone/bad_name")).unwrap_err();
+    assert_eq!(errno(&e), libc::EINVAL, "{e}");
+    let e = fs::create_dir(m.path("1abc")).unwrap_err();
+    assert_eq!(errno(&e), libc::EINVAL, "{e}");
+    let e = fs::write(m.path("file-at-root"), b"x").unwrap_err();
+    assert_eq!(errno(&e), libc::EPERM, "{e}");
+    let e = std::os::unix::fs::symlink("prod", m.path("link")).unwrap_err();
+    assert_eq!(errno(&e), libc::EPERM, "{e}");
+    let e = fs::create_dir(m.path("prod/.clone/test")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let e = fs::rename(m.path("prod/data"), m.path("test/moved")).unwrap_err();
+    assert_eq!(errno(&e), libc::EXDEV, "{e}");
+    let e = fs::hard_link(m.path("prod/data"), m.path("test/linked")).unwrap_err();
+    assert_eq!(errno(&e), libc::EXDEV, "{e}");
+
+    // Deleting the source leaves its clones whole.
+    fs::remove_dir_all(m.path("prod")).unwrap();
+    assert!(!m.path("prod").exists());
+    assert_eq!(fs::read(m.path("test/data")).unwrap(), data);
+    assert_eq!(fs::read(m.path("test2/data")).unwrap(), data);
+    assert_eq!(fs::read(m.path("now/unsynced")).unwrap(), b"fresh");
+
+    // status --json is JSON (checked by python's parser) naming the clusters.
+    let json = run_ok(&[BIN, "status", "--json", m.mnt_str()]);
+    let check = run(&[
+        "python3",
+        "-c",
+        "import json,sys; d=json.loads(sys.argv[1]); \
+         print(' '.join(sorted(c['name'] for c in d['clusters'])))",
+        &json,
+    ]);
+    assert!(check.status.success(), "not JSON: {json}");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "now test test2"
+    );
+    let table = run_ok(&[BIN, "status", m.mnt_str()]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("store: capacity"), "{table}");
+
+    // Unmount (the daemon commits and exits), then the store checks clean.
+    m.umount();
+    let out = run(&[BIN, "fsck", m.store_str()]);
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn files_behave_like_files() {
+    let Some(m) = Mounted::new() else { return };
+    fs::create_dir(m.path("c")).unwrap();
+    let p = m.path("c/f");
+    fs::write(&p, b"0123456789").unwrap();
+
+    // Truncate, append, metadata.
+    let f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    use std::io::Write;
+    (&f).write_all(b"abc").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"0123456789abc");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"0123");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+
+    // Rename within a cluster, symlinks, hard links.
+    fs::rename(&p, m.path("c/g")).unwrap();
+    std::os::unix::fs::symlink("g", m.path("c/l")).unwrap();
+    assert_eq!(fs::read_link(m.path("c/l")).unwrap().to_str(), Some("g"));
+    assert_eq!(fs::read(m.path("c/l")).unwrap(), b"0123");
+    fs::hard_link(m.path("c/g"), m.path("c/h")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(m.path("c/h")).unwrap().nlink(), 2);
+
+    // Inode numbers: distinct per cluster, the clone's differ from the source's.
+    fs::create_dir(m.path("c/.clone/d")).unwrap();
+    let a = fs::metadata(m.path("c/g")).unwrap().ino();
+    let b = fs::metadata(m.path("d/g")).unwrap().ino();
+    assert_ne!(a, b);
+
+    // An unlinked file stays readable while open.
+    let keep = fs::File::open(m.path("c/h")).unwrap();
+    fs::remove_file(m.path("c/h")).unwrap();
+    fs::remove_file(m.path("c/g")).unwrap();
+    let mut buf = String::new();
+    use std::io::Read;
+    (&keep).read_to_string(&mut buf).unwrap();
+    assert_eq!(buf, "0123");
+    drop(keep);
+
+    // rmdir of a cluster needs it empty.
+    let e = fs::remove_dir(m.path("d")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    fs::remove_file(m.path("c/l")).unwrap();
+    fs::remove_dir(m.path("c")).unwrap();
+    assert!(!m.path("c").exists());
+
+    // statfs reports the store.
+    let out = run_ok(&["stat", "-f", "-c", "%S %b", m.mnt_str()]);
+    let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(v[0], 4096);
+    assert!(v[0] * v[1] > 1000 << 20 && v[0] * v[1] <= 1 << 30, "{out}");
+}
+
+#[test]
+fn mount_refuses_bad_mount_points() {
+    let Some(m) = Mounted::new() else { return };
+    let dir = m.dir.path();
+    // Already a mount (and the store is in use by the first daemon anyway).
+    let out = run(&[BIN, "mount", m.store_str(), m.mnt_str()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already a mount"),
+        "{out:?}"
+    );
+    // Missing, not empty.
+    let missing = dir.join("missing");
+    let out = run(&[BIN, "mount", m.store_str(), common::s(&missing)]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+    let full = dir.join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("x"), b"").unwrap();
+    let out = run(&[BIN, "mount", m.store_str(), common::s(&full)]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not empty"),
+        "{out:?}"
+    );
+    // The store is locked by the running daemon.
+    let free = dir.join("free");
+    fs::create_dir(&free).unwrap();
+    let out = run(&[BIN, "mount", m.store_str(), common::s(&free)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by"),
+        "{out:?}"
+    );
+    assert!(!common::is_mounted(&free));
+    // fsck refuses a mounted store.
+    let out = run(&[BIN, "fsck", m.store_str()]);
+    assert!(!out.status.success());
+    // mkfs refuses an existing file.
+    let out = run(&[BIN, "mkfs", m.store_str()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+}
