@@ -163,7 +163,10 @@ impl Engine {
     }
 
     fn is_verified(&self, p: PageNo) -> bool {
-        self.verified[(p.0 / 64) as usize].load(Ordering::Relaxed) & (1 << (p.0 % 64)) != 0
+        // A page number beyond the store is never verified: reading it is an error.
+        self.verified
+            .get((p.0 / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (p.0 % 64)) != 0)
     }
 
     fn corrupt(p: PageNo, why: impl Into<String>) -> Error {
