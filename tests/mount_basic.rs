@@ -252,3 +252,19 @@ fn mount_refuses_bad_mount_points() {
         "{out:?}"
     );
 }
+
+#[test]
+fn sigterm_unmounts_and_commits() {
+    let Some(mut m) = Mounted::new() else { return };
+    fs::create_dir(m.path("c")).unwrap();
+    fs::write(m.path("c/f"), b"kept").unwrap();
+    // SAFETY: kill has no memory effects; the pid is this guard's own daemon.
+    assert_eq!(unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) }, 0);
+    assert!(m.wait_daemon_exit(30), "the daemon did not exit on SIGTERM");
+    assert!(!common::is_mounted(&m.mnt), "still mounted after SIGTERM");
+    let out = run(&[BIN, "fsck", m.store_str()]);
+    assert!(out.status.success(), "{out:?}");
+    // The write is in the store: mount again and read it.
+    m.mount_again();
+    assert_eq!(fs::read(m.path("c/f")).unwrap(), b"kept");
+}

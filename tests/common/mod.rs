@@ -80,10 +80,7 @@ impl Mounted {
             pid: None,
             mounted: false,
         };
-        run_ok(&[BIN, "mount", s(&m.store), s(&m.mnt)]);
-        m.mounted = true;
-        m.pid = m.daemon_pid();
-        assert!(m.pid.is_some(), "no daemon pid in the status file");
+        m.mount_again();
         Some(m)
     }
 
@@ -98,6 +95,33 @@ impl Mounted {
 
     pub fn store_str(&self) -> &str {
         s(&self.store)
+    }
+
+    /// Mounts the store again after an unmount.
+    pub fn mount_again(&mut self) {
+        assert!(!self.mounted, "already mounted");
+        run_ok(&[BIN, "mount", s(&self.store), s(&self.mnt)]);
+        self.mounted = true;
+        self.pid = self.daemon_pid();
+        assert!(self.pid.is_some(), "no daemon pid in the status file");
+    }
+
+    /// The daemon's pid, as its status file gives it.
+    pub fn pid(&self) -> u32 {
+        self.pid.expect("a mounted guard knows its daemon")
+    }
+
+    /// Waits up to `secs` for the daemon to exit; true if it did.
+    pub fn wait_daemon_exit(&mut self, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while alive(self.pid()) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.mounted = is_mounted(&self.mnt);
+        true
     }
 
     fn daemon_pid(&self) -> Option<u32> {
