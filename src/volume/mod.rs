@@ -513,7 +513,9 @@ impl Volume {
         let (sb, deferred, written) = {
             let _gate = self.gate.write().unwrap();
             let mut cat = self.catalog.write().unwrap();
-            for id in std::mem::take(&mut cat.removed) {
+            // Each removal and dirty flag is cleared only once its record is written:
+            // a commit that fails here (no space) leaves them for the next one.
+            while let Some(&id) = cat.removed.last() {
                 self.eng.write_record(
                     &mut cs.tree,
                     NodeKind::RadixCatalog,
@@ -521,9 +523,10 @@ impl Volume {
                     &[0; catalog::RECORD_BYTES],
                     true,
                 )?;
+                cat.removed.pop();
             }
             for cl in cat.by_id.values() {
-                if cl.dirty.swap(false, Ordering::AcqRel) {
+                if cl.dirty.load(Ordering::Acquire) {
                     let rec = cl.record(&cl.state.read().unwrap()).encode();
                     self.eng.write_record(
                         &mut cs.tree,
@@ -532,6 +535,7 @@ impl Volume {
                         &rec,
                         true,
                     )?;
+                    cl.dirty.store(false, Ordering::Release);
                 }
             }
             let sb = crate::store::Superblock {
@@ -546,9 +550,18 @@ impl Volume {
             let (d, w) = self.eng.seal_epoch();
             (sb, d, w)
         };
-        self.eng.seal_checksums(&written)?;
-        self.eng.store.sync()?;
-        self.eng.store.commit(&sb)?;
+        let flushed = self
+            .eng
+            .seal_checksums(&written)
+            .and_then(|_| self.eng.store.sync())
+            .and_then(|_| self.eng.store.commit(&sb));
+        if let Err(e) = flushed {
+            // The sealed epoch is not durable. The next commit covers it: its
+            // checksums and deferred frees wait for that one (and, until it succeeds,
+            // a commit is never a no-op).
+            self.eng.requeue(deferred, written);
+            return Err(e);
+        }
         cs.durable = sb.generation;
         for cl in self.catalog.read().unwrap().by_id.values() {
             cl.remapped

@@ -145,6 +145,13 @@ impl Engine {
         (d, w)
     }
 
+    /// Gives back the lists of a sealed epoch whose commit failed: the next commit
+    /// covers that epoch too, so it writes those checksums and applies those drops.
+    pub fn requeue(&self, deferred: Vec<Deferred>, written: Vec<PageNo>) {
+        self.deferred.lock().unwrap().extend(deferred);
+        self.dirty.lock().unwrap().extend(written);
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.deferred.lock().unwrap().is_empty() || !self.dirty.lock().unwrap().is_empty()
     }
