@@ -219,6 +219,8 @@ fn cmd_mkfs(store: &Path, size: u64, page_size: u64) -> CliResult {
 struct MountEntry {
     point: PathBuf,
     fstype: String,
+    /// For clonefs: the store file.
+    source: PathBuf,
 }
 
 /// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
@@ -250,10 +252,14 @@ fn mounts() -> Vec<MountEntry> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = right.next()?;
+            let path = |s: &str| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(s)));
             Some(MountEntry {
-                point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(point))),
+                point: path(point),
                 fstype: fstype.to_string(),
+                source: path(source),
             })
         })
         .collect()
@@ -559,6 +565,39 @@ fn read_status(mnt: &Path) -> Result<String, String> {
     }
 }
 
+/// The clonefs mount at `mnt`, or why there is none.
+fn clonefs_mount(mnt: &Path) -> Result<MountEntry, String> {
+    match mount_at(mnt) {
+        None => Err(format!("{} is not a mount point", mnt.display())),
+        Some(m) if m.fstype != "fuse.clonefs" => Err(format!(
+            "{} is a {} mount, not clonefs",
+            mnt.display(),
+            m.fstype
+        )),
+        Some(m) => Ok(m),
+    }
+}
+
+/// The process holding the lock on `store`: the daemon serving it (/proc/locks).
+fn lock_holder(store: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(store).ok()?;
+    let dev = meta.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" (waiters have "->" after "1:")
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 6 && f[1] == "FLOCK" && f[5] == want)
+            .then(|| f[4].parse().ok())
+            .flatten()
+    })
+}
+
 /// Has process `pid` exited (gone, or a zombie nobody reaped yet)?
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -575,26 +614,24 @@ fn cmd_umount(mountpoint: &Path) -> CliResult {
     let abs = absolute(mountpoint)?;
     let mnt = abs.canonicalize().unwrap_or(abs);
     let shown = mnt.display();
-    match mount_at(&mnt) {
-        None => return Err(format!("{shown} is not a mount point")),
-        Some(m) if m.fstype != "fuse.clonefs" => {
-            return Err(format!("{shown} is a {} mount, not clonefs", m.fstype))
-        }
-        Some(_) => {}
-    }
-    let doc = match std::fs::read_to_string(mnt.join(STATUS_NAME)) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    let m = clonefs_mount(&mnt)?;
+    if let Err(e) = std::fs::metadata(&mnt) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
             unmount(&mnt, true).map_err(|e| format!("cannot detach {shown}: {e}"))?;
             println!("{shown} was disconnected (its daemon had exited); detached it");
             return Ok(ExitCode::SUCCESS);
         }
-        _ => read_status(&mnt)?,
+    }
+    // The daemon is the holder of the store's lock; the status document (which
+    // walks every tree for its space figures) names it too, more slowly.
+    let pid = match lock_holder(&m.source) {
+        Some(pid) => pid,
+        None => json::parse(&read_status(&mnt)?)
+            .ok()
+            .and_then(|j| j.get("pid").and_then(|p| p.as_u64()))
+            .ok_or_else(|| format!("{shown}: the status document has no daemon pid"))?
+            as u32,
     };
-    let pid = json::parse(&doc)
-        .ok()
-        .and_then(|j| j.get("pid").and_then(|p| p.as_u64()))
-        .ok_or_else(|| format!("{shown}: the status document has no daemon pid"))?
-        as u32;
     unmount(&mnt, false).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => format!(
             "mount point is busy: {shown} (a process has a file open or its working directory under it)"
@@ -618,10 +655,11 @@ fn cmd_umount(mountpoint: &Path) -> CliResult {
 
 fn cmd_clone(mountpoint: &Path, src: &str, name: &str) -> CliResult {
     init_logger("warn");
-    let mnt = absolute(mountpoint)?;
+    let abs = absolute(mountpoint)?;
+    let mnt = abs.canonicalize().unwrap_or(abs);
     let shown = mnt.display();
     catalog::validate_name(name).map_err(|e| e.to_string())?;
-    read_status(&mnt)?;
+    clonefs_mount(&mnt).map_err(|e| format!("{e}: give the mount point of a clonefs store"))?;
     let src_root = mnt.join(src);
     if catalog::validate_name(src).is_err() || !src_root.is_dir() {
         return Err(format!("no cluster {src} in {shown}"));
