@@ -652,7 +652,8 @@ impl CloneFs {
             )),
             Node::Marker(_) => Err(errno(libc::ENOENT)),
             Node::Status => Err(errno(libc::ENOTDIR)),
-            Node::Root => unreachable!("callers handle the mount root"),
+            // Callers deal with the mount root themselves; refuse rather than guess.
+            Node::Root => Err(errno(libc::EPERM)),
         }
     }
 
@@ -1141,15 +1142,15 @@ impl Filesystem for CloneFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         // Databases fsync a directory to make a create or rename durable: answering
         // ENOSYS would make the kernel report success without doing anything.
-        self.fsync(_req, ino, _fh, datasync, reply)
+        self.fsync(req, ino, fh, datasync, reply)
     }
 
     fn readdir(
