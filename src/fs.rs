@@ -1132,7 +1132,11 @@ impl Filesystem for CloneFs {
         let n = node_or_reply!(ino, reply);
         debug!("fsync {n} datasync {datasync}");
         match n {
-            Node::File(c, i) => match self.vol.fsync(c, i) {
+            Node::File(c, i) => match if datasync {
+                self.vol.fdatasync(c, i)
+            } else {
+                self.vol.fsync(c, i)
+            } {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(self.fail("fsync", n, e)),
             },

@@ -673,21 +673,24 @@ impl Volume {
             return Err(Error::NotADirectory);
         }
         let mut dirs = cl.dirs.lock().unwrap();
-        if !dirs.contains_key(&ino) {
-            let mut slots = Vec::with_capacity(d.size as usize);
-            let mut b = [0u8; dir::DIRENT_BYTES];
-            for s in 0..d.size {
-                self.eng
-                    .read_record(d.content(), NodeKind::RadixDirents, s, &mut b)?;
-                let e = Dirent::decode(&b).map_err(|why| Error::Corrupt {
-                    page: 0,
-                    why: format!("directory {ino} slot {s}: {why}"),
-                })?;
-                slots.push((s, e));
+        let idx = match dirs.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut slots = Vec::with_capacity(d.size as usize);
+                let mut b = [0u8; dir::DIRENT_BYTES];
+                for s in 0..d.size {
+                    self.eng
+                        .read_record(d.content(), NodeKind::RadixDirents, s, &mut b)?;
+                    let e = Dirent::decode(&b).map_err(|why| Error::Corrupt {
+                        page: 0,
+                        why: format!("directory {ino} slot {s}: {why}"),
+                    })?;
+                    slots.push((s, e));
+                }
+                v.insert(DirIndex::load(slots.into_iter(), d.size))
             }
-            dirs.insert(ino, DirIndex::load(slots.into_iter(), d.size));
-        }
-        f(dirs.get_mut(&ino).unwrap())
+        };
+        f(idx)
     }
 
     /// Runs a change on cluster `c` with its state locked exclusively.
@@ -792,8 +795,8 @@ impl Volume {
                 .get(src)
                 .cloned()
                 .ok_or(Error::NotFound)?;
-            // Hold the source still for the instant of the clone.
-            let st = source.state.write().unwrap();
+            // Hold writers off the source for the instant of the clone.
+            let st = source.state.read().unwrap();
             let mut cat = self.catalog.write().unwrap();
             if cat.by_name.contains_key(name) {
                 return Err(Error::AlreadyExists(name.into()));
