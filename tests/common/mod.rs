@@ -106,6 +106,17 @@ impl Mounted {
         assert!(self.pid.is_some(), "no daemon pid in the status file");
     }
 
+    /// Kills the daemon with SIGKILL and detaches the dead mount, as an admin
+    /// cleaning up after a crash would; the store can then be mounted again.
+    pub fn kill_daemon(&mut self) {
+        // SAFETY: kill has no memory effects; the pid is this guard's own daemon.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
+        assert!(self.wait_daemon_exit(20), "the daemon survived SIGKILL");
+        run_for(20, &["fusermount3", "-uz", s(&self.mnt)]);
+        self.mounted = is_mounted(&self.mnt);
+        assert!(!self.mounted, "the dead mount is still attached");
+    }
+
     /// The daemon's pid, as its status file gives it.
     pub fn pid(&self) -> u32 {
         self.pid.expect("a mounted guard knows its daemon")
