@@ -423,11 +423,11 @@ fn check_states(
     }
     let want = actual.meta();
     let mut why = Vec::new();
-    for k in (0..states.len()).rev() {
-        if only.is_some_and(|o| o != k) || states[k].meta() != want {
+    for (k, state) in states.iter().enumerate() {
+        if only.is_some_and(|o| o != k) || state.meta() != want {
             continue;
         }
-        match bytes_ok(&states[k], k, &touches, datasyncs, actual) {
+        match bytes_ok(state, k, &touches, datasyncs, actual) {
             Ok(()) => return Ok(k),
             Err(e) => why.push(format!(
                 "state {k} (after {k} of the ops since the sync): {e}"
@@ -880,8 +880,8 @@ fn random_power_cuts() {
     }
     println!(
         "{cases} cases, {} power cuts ({} scheduled by device writes, {} observed in an \
-         operation), {} ops, {} syncs ({} fdatasync); recovered the synced state {} times, a later \
-         commit {} times; {} bytes verified; {:.1?}",
+         operation), {} ops, {} syncs ({} fdatasync); the recovered state was the synced \
+         one {} times, only a later one {} times; {} bytes verified; {:.1?}",
         stats.rounds,
         stats.scheduled_cuts,
         stats.cuts_mid_op,
