@@ -474,3 +474,73 @@ fn the_store_file_and_the_mount_are_locked_down() {
     assert!(m.path("a").is_dir() && !m.path("b/a").exists());
     m.umount();
 }
+
+#[test]
+fn a_database_filling_the_store_gets_enospc_and_continues_after_a_delete() {
+    let Some(mut m) = Mounted::with_size("160M") else {
+        return;
+    };
+    fs::create_dir(m.path("keep")).unwrap();
+    fs::create_dir(m.path("ballast")).unwrap();
+    fs::create_dir(m.path("db")).unwrap();
+    let keep: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(m.path("keep/data"), &keep).unwrap();
+    fs::write(m.path("ballast/data"), vec![1u8; 32 << 20]).unwrap();
+    // SQLite inserts 64 KiB rows until the store is full, in WAL mode like a real app.
+    let fill = r#"
+import sqlite3, sys, os
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA journal_mode=WAL")
+con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, b BLOB)")
+n = 0
+try:
+    while True:
+        con.execute("INSERT INTO t (b) VALUES (?)", (os.urandom(65536),))
+        n += 1
+except sqlite3.Error as e:
+    print(f"stopped after {n} rows: {e}")
+    sys.exit(0 if "full" in str(e) else 2)
+"#;
+    let db = m.path("db/app.sqlite");
+    let out = common::run_for(300, &["python3", "-c", fill, s(&db)]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the writer must see 'database or disk is full' (ENOSPC), not another error: {said}"
+    );
+    let rows_full: u64 = said.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(rows_full > 500, "{said}");
+    // Everything else is intact.
+    assert!(
+        fs::read(m.path("keep/data")).unwrap() == keep,
+        "another cluster changed when the store filled"
+    );
+    let check = r#"
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("SELECT count(*) FROM t").fetchone()[0])
+"#;
+    let ok = run_ok(&["python3", "-c", check, s(&db)]);
+    assert!(ok.starts_with("ok "), "integrity after ENOSPC: {ok}");
+    // Free a cluster: the database goes on.
+    run_ok(&["rm", "-rf", s(&m.path("ballast"))]);
+    let out = common::run_for(300, &["python3", "-c", fill, s(&db)]);
+    let said2 = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said2}");
+    let more: u64 = said2.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        more > 200,
+        "after deleting 32 MiB the database took only {more} more rows"
+    );
+    let ok = run_ok(&["python3", "-c", check, s(&db)]);
+    assert!(
+        ok.starts_with("ok "),
+        "integrity after the second fill: {ok}"
+    );
+    eprintln!("sqlite: {rows_full} rows until ENOSPC, {more} more after deleting a cluster");
+    m.umount();
+    fsck_clean(m.store_str());
+}

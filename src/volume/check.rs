@@ -315,7 +315,7 @@ fn check_cluster(
         if i.kind == Kind::Dir {
             let mut names = HashSet::new();
             for s in 0..i.size {
-                eng.read_record(i.content(), NodeKind::RadixDirents, s, &mut b)?;
+                eng.read_record(i.content, NodeKind::RadixDirents, s, &mut b)?;
                 match Dirent::decode(&b) {
                     Ok(None) => {}
                     Err(why) => problem(format!("directory {ino} slot {s}: {why}")),
@@ -352,7 +352,7 @@ fn check_cluster(
                 }
             }
         } else {
-            let t = i.content();
+            let t = i.content;
             let mapped = if t.root.is_none() {
                 0
             } else {

@@ -92,10 +92,9 @@ pub struct Inode {
     pub mtime: i64,
     pub ctime: i64,
     pub crtime: i64,
-    pub data: PageNo,
-    pub data_height: u8,
-    pub xattr: PageNo,
-    pub xattr_height: u8,
+    /// File data, directory slots or symlink target.
+    pub content: Tree,
+    pub xattrs: Tree,
     pub xattr_len: u64,
     pub parent: Ino,
     pub mapped: u64,
@@ -123,10 +122,8 @@ impl Inode {
             mtime: now,
             ctime: now,
             crtime: now,
-            data: PageNo::NONE,
-            data_height: 0,
-            xattr: PageNo::NONE,
-            xattr_height: 0,
+            content: Tree::EMPTY,
+            xattrs: Tree::EMPTY,
             xattr_len: 0,
             parent: Ino(0),
             mapped: 0,
@@ -136,8 +133,8 @@ impl Inode {
     pub fn encode(&self) -> [u8; INODE_BYTES] {
         let mut b = [0u8; INODE_BYTES];
         b[0] = self.kind.code();
-        b[1] = self.data_height;
-        b[2] = self.xattr_height;
+        b[1] = self.content.height;
+        b[2] = self.xattrs.height;
         b[4..8].copy_from_slice(&self.perm.to_le_bytes());
         b[8..12].copy_from_slice(&self.uid.to_le_bytes());
         b[12..16].copy_from_slice(&self.gid.to_le_bytes());
@@ -148,8 +145,8 @@ impl Inode {
         b[40..48].copy_from_slice(&self.mtime.to_le_bytes());
         b[48..56].copy_from_slice(&self.ctime.to_le_bytes());
         b[56..64].copy_from_slice(&self.crtime.to_le_bytes());
-        b[64..72].copy_from_slice(&self.data.0.to_le_bytes());
-        b[72..80].copy_from_slice(&self.xattr.0.to_le_bytes());
+        b[64..72].copy_from_slice(&self.content.root.0.to_le_bytes());
+        b[72..80].copy_from_slice(&self.xattrs.root.0.to_le_bytes());
         b[80..88].copy_from_slice(&self.xattr_len.to_le_bytes());
         b[88..96].copy_from_slice(&self.parent.0.to_le_bytes());
         b[96..104].copy_from_slice(&self.mapped.to_le_bytes());
@@ -164,8 +161,7 @@ impl Inode {
         let kind = Kind::from_code(b[0]).ok_or_else(|| format!("unknown inode kind {}", b[0]))?;
         Ok(Some(Inode {
             kind,
-            data_height: b[1],
-            xattr_height: b[2],
+
             perm: u32_at(b, 4),
             uid: u32_at(b, 8),
             gid: u32_at(b, 12),
@@ -176,8 +172,14 @@ impl Inode {
             mtime: u64_at(b, 40) as i64,
             ctime: u64_at(b, 48) as i64,
             crtime: u64_at(b, 56) as i64,
-            data: PageNo(u64_at(b, 64)),
-            xattr: PageNo(u64_at(b, 72)),
+            content: Tree {
+                root: PageNo(u64_at(b, 64)),
+                height: b[1],
+            },
+            xattrs: Tree {
+                root: PageNo(u64_at(b, 72)),
+                height: b[2],
+            },
             xattr_len: u64_at(b, 80),
             parent: Ino(u64_at(b, 88)),
             mapped: u64_at(b, 96),
@@ -201,30 +203,6 @@ impl Inode {
         .into_iter()
         .filter(|(p, _)| !p.is_none())
         .collect()
-    }
-
-    pub fn content(&self) -> Tree {
-        Tree {
-            root: self.data,
-            height: self.data_height,
-        }
-    }
-
-    pub fn set_content(&mut self, t: Tree) {
-        self.data = t.root;
-        self.data_height = t.height;
-    }
-
-    pub fn xattrs(&self) -> Tree {
-        Tree {
-            root: self.xattr,
-            height: self.xattr_height,
-        }
-    }
-
-    pub fn set_xattrs(&mut self, t: Tree) {
-        self.xattr = t.root;
-        self.xattr_height = t.height;
     }
 }
 
@@ -313,8 +291,10 @@ mod tests {
     fn records_round_trip() {
         let mut i = Inode::new(Kind::Dir, 0o1755, 10, 20, 123_456_789);
         i.size = 77;
-        i.data = PageNo(99);
-        i.data_height = 2;
+        i.content = Tree {
+            root: PageNo(99),
+            height: 2,
+        };
         i.parent = Ino(5);
         i.mapped = 3;
         i.atime = -5;

@@ -252,10 +252,13 @@ impl<'a> Op<'a> {
         let snapshot = d.clone();
         vol.with_dir(cl, dir, &snapshot, |idx| {
             let slot = idx.free_slot();
-            let mut t = d.content();
-            vol.eng
-                .write_record(&mut t, NodeKind::RadixDirents, slot, &e.encode(), true)?;
-            d.set_content(t);
+            vol.eng.write_record(
+                &mut d.content,
+                NodeKind::RadixDirents,
+                slot,
+                &e.encode(),
+                true,
+            )?;
             idx.insert(slot, e);
             d.size = idx.high;
             Ok(())
@@ -268,14 +271,12 @@ impl<'a> Op<'a> {
         let d = self.dir(dir)?;
         let snapshot = d.clone();
         vol.with_dir(cl, dir, &snapshot, |idx| {
-            let mut t = d.content();
             let bytes = e
                 .as_ref()
                 .map(|e| e.encode())
                 .unwrap_or([0; dir::DIRENT_BYTES]);
             vol.eng
-                .write_record(&mut t, NodeKind::RadixDirents, slot, &bytes, true)?;
-            d.set_content(t);
+                .write_record(&mut d.content, NodeKind::RadixDirents, slot, &bytes, true)?;
             idx.remove(slot);
             if let Some(e) = e {
                 idx.insert(slot, e);
@@ -643,12 +644,8 @@ impl Volume {
         // dropped below, so a clone sharing the old page keeps them.
         self.eng
             .writable_record(&mut st.itable, NodeKind::RadixInodes, ino.0, true)?;
-        let mut t = i.content();
-        self.eng.drop_tree(&mut t);
-        let mut x = i.xattrs();
-        self.eng.drop_tree(&mut x);
-        i.set_content(t);
-        i.set_xattrs(x);
+        self.eng.drop_tree(&mut i.content);
+        self.eng.drop_tree(&mut i.xattrs);
         self.eng.write_record(
             &mut st.itable,
             NodeKind::RadixInodes,
@@ -680,7 +677,7 @@ impl Volume {
                 let mut b = [0u8; dir::DIRENT_BYTES];
                 for s in 0..d.size {
                     self.eng
-                        .read_record(d.content(), NodeKind::RadixDirents, s, &mut b)?;
+                        .read_record(d.content, NodeKind::RadixDirents, s, &mut b)?;
                     let e = Dirent::decode(&b).map_err(|why| Error::Corrupt {
                         page: 0,
                         why: format!("directory {ino} slot {s}: {why}"),
@@ -719,8 +716,17 @@ impl Volume {
                     Ok(v)
                 }
                 Err(e) => {
-                    // A failed change may have written directory slots that the
-                    // inodes it touched do not reach: rebuild the index from the tree.
+                    // The trees the change copied are already what the inodes it
+                    // touched reference (the old pages wait to be freed): store
+                    // them, or the records would keep pointing at those old pages.
+                    // Operations order their steps so that what fails leaves no
+                    // half-made name behind.
+                    if let Err(e2) = op.finish() {
+                        log::error!(
+                            "cluster {}: storing inodes after a failed change: {e2}",
+                            cl.name
+                        );
+                    }
                     cl.dirs.lock().unwrap().clear();
                     Err(e)
                 }
@@ -952,7 +958,8 @@ impl Volume {
     }
 
     pub fn setattr(&self, c: ClusterId, ino: Ino, sa: &SetAttr) -> Result<Attr> {
-        self.op(c, sa.size.is_some_and(|s| s > 0), |op| {
+        // A size change allocates no data page; its metadata comes from the reserve.
+        self.op(c, false, |op| {
             let now = inode::now_ns();
             let ps = self.eng.ps as u64;
             let i = op.inode(ino)?;
@@ -1077,22 +1084,28 @@ impl Volume {
                 i.parent = parent;
             }
             if !content.is_empty() {
-                let mut t = i.content();
-                self.write_bytes(&mut t, &mut i.mapped, 0, content, true)?;
-                i.set_content(t);
+                if let Err(e) = self.write_bytes(&mut i.content, &mut i.mapped, 0, content, true) {
+                    self.eng.drop_tree(&mut i.content);
+                    return Err(e);
+                }
                 i.size = content.len() as u64;
             }
             let ino = Ino(op.st.next_ino);
             op.st.next_ino += 1;
-            op.touched.insert(ino, i.clone());
-            op.insert(
+            // The name first: if it cannot be written, no inode is left unnamed.
+            let named = op.insert(
                 parent,
                 Dirent {
                     ino,
                     kind,
                     name: name.to_vec(),
                 },
-            )?;
+            );
+            if let Err(e) = named {
+                self.eng.drop_tree(&mut i.content);
+                return Err(e);
+            }
+            op.touched.insert(ino, i.clone());
             op.touch_dir(parent, now)?;
             if kind == Kind::Dir {
                 op.inode(parent)?.nlink += 1;
@@ -1107,7 +1120,7 @@ impl Volume {
             if i.kind != Kind::Symlink {
                 return Err(Error::InvalidArgument("not a symbolic link"));
             }
-            self.read_bytes(i.content(), 0, i.size as usize)
+            self.read_bytes(i.content, 0, i.size as usize)
         })
     }
 
@@ -1127,8 +1140,6 @@ impl Volume {
             if i.nlink == 0 {
                 return Err(Error::NotFound);
             }
-            i.nlink += 1;
-            i.ctime = now;
             let kind = i.kind;
             op.insert(
                 parent,
@@ -1138,6 +1149,9 @@ impl Volume {
                     name: name.to_vec(),
                 },
             )?;
+            let i = op.inode(ino)?;
+            i.nlink += 1;
+            i.ctime = now;
             op.touch_dir(parent, now)?;
             Ok(op.inode(ino)?.attr(ino, self.eng.ps as u64))
         })
@@ -1362,7 +1376,7 @@ impl Volume {
             }
             let len = (len as u64).min(i.size - offset) as usize;
             let mut buf = vec![0u8; len];
-            self.read_into(i.content(), offset, &mut buf)?;
+            self.read_into(i.content, offset, &mut buf)?;
             Ok(buf)
         })
     }
@@ -1384,9 +1398,7 @@ impl Volume {
             if offset > i.size && !data.is_empty() {
                 self.zero_gap(i, offset)?;
             }
-            let mut t = i.content();
-            let r = self.write_bytes(&mut t, &mut i.mapped, offset, data, false);
-            i.set_content(t);
+            let r = self.write_bytes(&mut i.content, &mut i.mapped, offset, data, false);
             let (n, remapped) = match r {
                 Ok(r) => r,
                 Err(Error::NoSpace) if data.is_empty() => (0, false),
@@ -1629,12 +1641,10 @@ impl Volume {
     fn truncate(&self, i: &mut Inode, size: u64) -> Result<()> {
         let ps = self.eng.ps as u64;
         if size < i.size {
-            let mut t = i.content();
             let keep = size.div_ceil(ps);
-            i.mapped -= self
-                .eng
-                .unmap_range(&mut t, NodeKind::RadixData, keep, u64::MAX, true)?;
-            i.set_content(t);
+            i.mapped -=
+                self.eng
+                    .unmap_range(&mut i.content, NodeKind::RadixData, keep, u64::MAX, true)?;
             self.zero_within(i, size, size.div_ceil(ps) * ps)?;
         } else {
             self.zero_gap(i, size)?;
@@ -1652,7 +1662,7 @@ impl Volume {
         while from < to {
             let Some(p) = self
                 .eng
-                .seek(i.content(), NodeKind::RadixData, from / ps, true)?
+                .seek(i.content, NodeKind::RadixData, from / ps, true)?
             else {
                 break;
             };
@@ -1674,13 +1684,15 @@ impl Volume {
             return Ok(());
         }
         let idx = from / ps;
-        let mut t = i.content();
-        if self.eng.lookup(t, NodeKind::RadixData, idx)?.is_none() {
+        if self
+            .eng
+            .lookup(i.content, NodeKind::RadixData, idx)?
+            .is_none()
+        {
             return Ok(());
         }
         let zeros = vec![0u8; (to - from) as usize];
-        self.write_bytes(&mut t, &mut i.mapped, from, &zeros, true)?;
-        i.set_content(t);
+        self.write_bytes(&mut i.content, &mut i.mapped, from, &zeros, true)?;
         Ok(())
     }
 
@@ -1808,11 +1820,13 @@ impl Volume {
         }
         let (first_full, end_full) = (from.div_ceil(ps), to / ps);
         if first_full < end_full {
-            let mut t = i.content();
-            i.mapped -=
-                self.eng
-                    .unmap_range(&mut t, NodeKind::RadixData, first_full, end_full, true)?;
-            i.set_content(t);
+            i.mapped -= self.eng.unmap_range(
+                &mut i.content,
+                NodeKind::RadixData,
+                first_full,
+                end_full,
+                true,
+            )?;
             self.zero_within(i, from, first_full * ps)?;
             self.zero_within(i, end_full * ps, to)
         } else if from / ps == (to - 1) / ps {
@@ -1830,16 +1844,15 @@ impl Volume {
         let mut idx = first;
         let zeros = vec![0u8; ps as usize];
         while idx <= last {
-            let t = i.content();
+            let t = i.content;
             let Some(hole) = self.eng.seek(t, NodeKind::RadixData, idx, false)? else {
                 break;
             };
             if hole > last {
                 break;
             }
-            let mut t = i.content();
-            let (n, _) = self.write_bytes(&mut t, &mut i.mapped, hole * ps, &zeros, false)?;
-            i.set_content(t);
+            let (n, _) =
+                self.write_bytes(&mut i.content, &mut i.mapped, hole * ps, &zeros, false)?;
             if n < zeros.len() {
                 return Err(Error::NoSpace);
             }
@@ -1857,7 +1870,7 @@ impl Volume {
             }
             let ps = self.eng.ps as u64;
             let found = self.eng.seek(
-                i.content(),
+                i.content,
                 NodeKind::RadixData,
                 offset / ps,
                 whence == Whence::Data,
@@ -1898,7 +1911,7 @@ impl Volume {
                 return Err(Error::IsADirectory);
             }
             if overlap {
-                let bytes = self.read_bytes(src.content(), soff, len as usize)?;
+                let bytes = self.read_bytes(src.content, soff, len as usize)?;
                 return self.write_into(dst, doff, &bytes).map(|n| n as u64);
             }
             self.share_range(&src, soff, dst, doff, len)
@@ -1984,7 +1997,7 @@ impl Volume {
         let whole = if aligned { (len - head) / ps } else { 0 };
         let mut done = 0;
         if head > 0 {
-            let bytes = self.read_bytes(src.content(), soff, head as usize)?;
+            let bytes = self.read_bytes(src.content, soff, head as usize)?;
             done += self.write_into(dst, doff, &bytes)? as u64;
             if done < head {
                 return Ok(done);
@@ -1992,12 +2005,14 @@ impl Volume {
         }
         if whole > 0 {
             let (sfirst, dfirst) = ((soff + head) / ps, (doff + head) / ps);
-            let pages = self.map_range(src.content(), sfirst, whole)?;
-            let mut t = dst.content();
+            let pages = self.map_range(src.content, sfirst, whole)?;
             for (k, p) in pages.iter().enumerate() {
-                let (leaf, slot) =
-                    self.eng
-                        .cow_path(&mut t, NodeKind::RadixData, dfirst + k as u64, true)?;
+                let (leaf, slot) = self.eng.cow_path(
+                    &mut dst.content,
+                    NodeKind::RadixData,
+                    dfirst + k as u64,
+                    true,
+                )?;
                 let old = self.eng.entry(leaf, slot)?;
                 if !p.is_none() {
                     self.eng.store.incref(*p);
@@ -2012,13 +2027,12 @@ impl Volume {
                     self.eng.defer(Deferred::Dec(old, false));
                 }
             }
-            dst.set_content(t);
             done += whole * ps;
             dst.size = dst.size.max(doff + done);
         }
         let tail = len - done;
         if tail > 0 {
-            let bytes = self.read_bytes(src.content(), soff + done, tail as usize)?;
+            let bytes = self.read_bytes(src.content, soff + done, tail as usize)?;
             done += self.write_into(dst, doff + done, &bytes)? as u64;
         }
         let now = inode::now_ns();
@@ -2028,9 +2042,7 @@ impl Volume {
     }
 
     fn write_into(&self, dst: &mut Inode, off: u64, bytes: &[u8]) -> Result<usize> {
-        let mut t = dst.content();
-        let n = self.write_bytes(&mut t, &mut dst.mapped, off, bytes, false);
-        dst.set_content(t);
+        let n = self.write_bytes(&mut dst.content, &mut dst.mapped, off, bytes, false);
         let (n, _) = n?;
         dst.size = dst.size.max(off + n as u64);
         Ok(n)
@@ -2039,7 +2051,7 @@ impl Volume {
     // ---- extended attributes ----------------------------------------------------
 
     fn xattr_list(&self, i: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let raw = self.read_bytes(i.xattrs(), 0, i.xattr_len as usize)?;
+        let raw = self.read_bytes(i.xattrs, 0, i.xattr_len as usize)?;
         let mut out = Vec::new();
         let mut p = 0;
         while p + 5 <= raw.len() {
@@ -2048,7 +2060,7 @@ impl Volume {
             p += 5;
             if p + nl + vl > raw.len() {
                 return Err(Error::Corrupt {
-                    page: i.xattr.0,
+                    page: i.xattrs.root.0,
                     why: "xattr list overruns its length".into(),
                 });
             }
@@ -2136,24 +2148,26 @@ impl Volume {
                 raw.extend_from_slice(n);
                 raw.extend_from_slice(v);
             }
-            let mut t = i.xattrs();
             let mut scratch = 0;
             if raw.is_empty() {
-                self.eng.drop_tree(&mut t);
-            } else if self.write_bytes(&mut t, &mut scratch, 0, &raw, true)?.0 < raw.len() {
+                self.eng.drop_tree(&mut i.xattrs);
+            } else if self
+                .write_bytes(&mut i.xattrs, &mut scratch, 0, &raw, true)?
+                .0
+                < raw.len()
+            {
                 return Err(Error::NoSpace);
             }
             let ps = self.eng.ps as u64;
             if !raw.is_empty() {
                 self.eng.unmap_range(
-                    &mut t,
+                    &mut i.xattrs,
                     NodeKind::RadixData,
                     (raw.len() as u64).div_ceil(ps),
                     u64::MAX,
                     true,
                 )?;
             }
-            i.set_xattrs(t);
             i.xattr_len = raw.len() as u64;
             i.ctime = inode::now_ns();
             Ok(())

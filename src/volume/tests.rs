@@ -342,3 +342,45 @@ fn a_file_unlinked_while_open_lives_until_its_last_release() {
     assert!(matches!(v.getattr(c, f), Err(Error::NotFound)));
     clean(&v);
 }
+
+#[test]
+fn a_write_that_fails_for_space_leaves_no_dangling_page() {
+    let (v, _) = vol(1024);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "f");
+    let data = vec![4u8; 600 * 1024];
+    v.write(c, f, 0, &data).unwrap();
+    v.commit().unwrap();
+    let d = v.clone_cluster("c", "d").unwrap().id;
+    let g = file(&v, d, "g");
+    // Fill the store one page at a time, then free three pages: enough to copy
+    // the inode table root, the inode page and the map root, not the data page.
+    let mut size = 0;
+    while v.write(d, g, size, &[9u8; 4096]).is_ok() {
+        size += 4096;
+    }
+    v.setattr(
+        d,
+        g,
+        &SetAttr {
+            size: Some(size - 3 * 4096),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    v.commit().unwrap();
+    // The shared file's map root can be copied, its data page cannot: the write
+    // fails after changing the map, and the inode must still reach the new map.
+    assert!(matches!(v.write(c, f, 0, b"xyz"), Err(Error::NoSpace)));
+    v.commit().unwrap();
+    clean(&v);
+    let df = v.lookup(d, Ino::ROOT, b"f").unwrap().ino;
+    assert_eq!(v.read(d, df, 0, data.len()).unwrap(), data);
+    assert_eq!(v.read(c, f, 0, data.len()).unwrap(), data);
+    v.unlink(d, Ino::ROOT, b"g").unwrap();
+    v.write(c, f, 0, b"xyz").unwrap();
+    v.write(d, df, 0, b"abc").unwrap();
+    assert_eq!(v.read(d, df, 0, 3).unwrap(), b"abc");
+    assert_eq!(v.read(c, f, 0, 3).unwrap(), b"xyz");
+    clean(&v);
+}
