@@ -518,7 +518,9 @@ fn file_ino(v: &Volume, c: &str, path: &str) -> Result<(ClusterId, Ino)> {
     Ok((c, v.lookup(c, dir, name.as_bytes())?.ino))
 }
 
-fn exec(v: &Volume, op: &Op) -> Result<()> {
+/// Runs `op`; returns the bytes a write wrote (fewer than asked only on a full
+/// store), 0 for other operations.
+fn exec(v: &Volume, op: &Op) -> Result<usize> {
     match op {
         Op::CreateCluster(c) => {
             v.create_cluster(c, WHO)?;
@@ -538,8 +540,7 @@ fn exec(v: &Volume, op: &Op) -> Result<()> {
             seed,
         } => {
             let (c, ino) = file_ino(v, c, path)?;
-            let n = v.write(c, ino, *off, &gen_bytes(*seed, *len))?;
-            assert_eq!(n, *len, "short write of {op:?}");
+            return v.write(c, ino, *off, &gen_bytes(*seed, *len));
         }
         Op::Truncate(c, p, size) => {
             let (c, ino) = file_ino(v, c, p)?;
@@ -570,7 +571,7 @@ fn exec(v: &Volume, op: &Op) -> Result<()> {
         }
         Op::Delete(c) => v.delete_cluster(c)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 /// A random operation that is valid in state `m`.
@@ -691,6 +692,8 @@ struct Stats {
     ops: u64,
     syncs: u64,
     datasyncs: u64,
+    nospace: u64,
+    short_writes: u64,
 }
 
 /// One round: random operations and syncs, a power cut; returns the surviving
@@ -718,6 +721,7 @@ fn run_round(
     let mut synced = model.clone();
     let mut since = Vec::new();
     let mut datasyncs = Vec::new();
+    let mut handles = Vec::new();
     let mut image = None;
     for i in 0..nops {
         if i == cut_at {
@@ -735,7 +739,10 @@ fn run_round(
             if mem.power_is_cut() {
                 break;
             }
-            match r.map_err(|e| format!("sync failed with the power on: {e}"))? {
+            match r
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| format!("sync failed with the power on: {e}"))?
+            {
                 Synced::All => {
                     synced = model.clone();
                     since.clear();
@@ -752,19 +759,50 @@ fn run_round(
                 }
             }
         } else {
-            let op = random_op(rng, model, counter);
+            if rng.chance(6) {
+                // Open a file or close a handle: unlinking an open file leaves an
+                // orphan, which its last release or (after a cut) the mount frees.
+                let r = guarded(|| handle(v, rng, model, &mut handles));
+                if mem.power_is_cut() {
+                    break;
+                }
+                r.and_then(|r| r.map_err(|e| e.to_string()))
+                    .map_err(|e| format!("open/release with the power on: {e}"))?;
+                continue;
+            }
+            let mut op = random_op(rng, model, counter);
             stats.ops += 1;
             let r = guarded(|| exec(v, &op));
             if std::env::var("CLONEFS_POWERCUT_PARANOID").is_ok() {
                 println!("op {op:?} -> {r:?}");
             }
-            model.apply(&op);
-            since.push(op.clone());
+            if let (Ok(Ok(n)), Op::Write { len, .. }) = (&r, &mut op) {
+                if *n < *len {
+                    stats.short_writes += 1;
+                    *len = *n;
+                }
+            }
             if mem.power_is_cut() {
+                model.apply(&op);
+                since.push(op);
                 stats.cuts_mid_op += 1;
                 break;
             }
-            r.map_err(|e| format!("{op:?} failed with the power on: {e}"))?;
+            match r.map_err(|e| format!("{op:?} panicked with the power on: {e}"))? {
+                Ok(_) => {
+                    model.apply(&op);
+                    since.push(op.clone());
+                }
+                Err(Error::NoSpace) => {
+                    // Decided before anything changed: the volume is as before.
+                    stats.nospace += 1;
+                    let a = read_actual(v)?;
+                    check(model, &[], &a)
+                        .map_err(|e| format!("{op:?} failed with NoSpace but changed: {e}"))?;
+                    continue;
+                }
+                Err(e) => return Err(format!("{op:?} failed with the power on: {e}")),
+            }
             if std::env::var("CLONEFS_POWERCUT_PARANOID").is_ok() {
                 let a = read_actual(v)?;
                 check(model, &[], &a).map_err(|e| format!("live after {op:?}: {e}"))?;
@@ -780,13 +818,34 @@ fn run_round(
     })
 }
 
+/// Opens a random file (keeping the handle) or releases a random handle.
+fn handle(v: &Volume, rng: &mut Rng, m: &State, handles: &mut Vec<(ClusterId, Ino)>) -> Result<()> {
+    if !handles.is_empty() && rng.chance(50) {
+        let (c, ino) = handles.swap_remove(rng.below(handles.len() as u64) as usize);
+        return v.release_file(c, ino);
+    }
+    let files: Vec<(&String, &String)> = m
+        .clusters
+        .iter()
+        .flat_map(|(c, cl)| cl.files.keys().map(move |p| (c, p)))
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    let (c, p) = *rng.pick(&files);
+    let (c, ino) = file_ino(v, c, p)?;
+    v.open_file(c, ino)?;
+    handles.push((c, ino));
+    Ok(())
+}
+
 /// Runs `f`, turning a panic into an error. Once the power is cut the device drops
 /// writes, so the live process may read pages it never wrote: what it does then
 /// does not matter (a real process would be dead), but with the power on a panic
 /// is a failure like any other.
-fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => Ok(r),
         Err(p) => Err(format!(
             "panic: {}",
             p.downcast_ref::<String>()
@@ -801,9 +860,10 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
 /// its device and what it holds.
 fn recover(
     round: &Round,
+    pages: u64,
     stats: &mut Stats,
 ) -> std::result::Result<(Arc<Volume>, Arc<MemDevice>, Actual), String> {
-    let mem = Arc::new(MemDevice::from_image(PS, PAGES, round.image.clone()));
+    let mem = Arc::new(MemDevice::from_image(PS, pages, round.image.clone()));
     let v = Volume::open_device(mem.clone(), Path::new("powercut-image"), false)
         .map_err(|e| format!("reopening after the cut: {e}"))?;
     let actual = read_actual(&v)?;
@@ -821,9 +881,9 @@ fn recover(
     Ok((v, mem, actual))
 }
 
-fn run_case(seed: u64, stats: &mut Stats) -> std::result::Result<(), String> {
+fn run_case(seed: u64, pages: u64, stats: &mut Stats) -> std::result::Result<(), String> {
     let mut rng = Rng::new(seed);
-    let mut mem = Arc::new(MemDevice::new(PS, PAGES));
+    let mut mem = Arc::new(MemDevice::new(PS, pages));
     let mut v = Volume::create_on(mem.clone()).map_err(|e| e.to_string())?;
     let mut model = State::default();
     let mut counter = 0;
@@ -835,7 +895,8 @@ fn run_case(seed: u64, stats: &mut Stats) -> std::result::Result<(), String> {
             println!("round {round} cut; {} ops since the sync", r.since.len());
         }
         stats.rounds += 1;
-        let (v2, mem2, actual) = recover(&r, stats).map_err(|e| format!("round {round}: {e}"))?;
+        let (v2, mem2, actual) =
+            recover(&r, pages, stats).map_err(|e| format!("round {round}: {e}"))?;
         model = State::from_actual(&actual);
         v = v2;
         mem = mem2;
@@ -855,37 +916,40 @@ fn base_seed(var: &str) -> u64 {
         })
 }
 
-#[test]
-fn random_power_cuts() {
+/// Runs the random cases on a device of `pages` pages.
+fn run_cases(name: &str, pages: u64, default_cases: u64) {
     let seed = base_seed("CLONEFS_POWERCUT_SEED");
     let cases: u64 = std::env::var("CLONEFS_POWERCUT_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
-    println!("random_power_cuts: CLONEFS_POWERCUT_SEED={seed}, {cases} cases");
+        .unwrap_or(default_cases);
+    println!("{name}: CLONEFS_POWERCUT_SEED={seed}, {cases} cases of {pages} pages");
     let t = Instant::now();
     let mut stats = Stats::default();
     if let Some(case_seed) = std::env::var("CLONEFS_POWERCUT_CASE")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        run_case(case_seed, &mut stats).unwrap_or_else(|e| panic!("case {case_seed}: {e}"));
+        run_case(case_seed, pages, &mut stats).unwrap_or_else(|e| panic!("case {case_seed}: {e}"));
         return;
     }
     for i in 0..cases {
         let case_seed = Rng::new(seed.wrapping_add(i)).next();
-        if let Err(e) = run_case(case_seed, &mut stats) {
+        if let Err(e) = run_case(case_seed, pages, &mut stats) {
             panic!("case {i} (CLONEFS_POWERCUT_SEED={seed}, case seed {case_seed}) failed:\n{e}");
         }
     }
     println!(
         "{cases} cases, {} power cuts ({} scheduled by device writes, {} observed in an \
-         operation), {} ops, {} syncs ({} fdatasync); the recovered state was the synced \
-         one {} times, only a later one {} times; {} bytes verified; {:.1?}",
+         operation), {} ops ({} refused with NoSpace, {} short writes), {} syncs ({} \
+         fdatasync); the recovered state was the synced one {} times, only a later one {} \
+         times; {} bytes verified; {:.1?}",
         stats.rounds,
         stats.scheduled_cuts,
         stats.cuts_mid_op,
         stats.ops,
+        stats.nospace,
+        stats.short_writes,
         stats.syncs,
         stats.datasyncs,
         stats.exact_sync_state,
@@ -893,6 +957,18 @@ fn random_power_cuts() {
         stats.bytes,
         t.elapsed()
     );
+}
+
+#[test]
+fn random_power_cuts() {
+    run_cases("random_power_cuts", PAGES, 500);
+}
+
+/// The same on a store of 768 KiB, which the workload fills: a refused operation
+/// must leave the volume exactly as it was, and commits must still succeed.
+#[test]
+fn random_power_cuts_on_a_full_store() {
+    run_cases("random_power_cuts_on_a_full_store", 192, 300);
 }
 
 // ---- targeted cuts at the superblock write --------------------------------------
@@ -1028,7 +1104,7 @@ fn catch_commit(seed: u64, tap: Tap, stats: &mut Stats) -> std::result::Result<(
         since: since.clone(),
         datasyncs: Vec::new(),
     };
-    let (v, _, actual) = recover(&round, stats)?;
+    let (v, _, actual) = recover(&round, PAGES, stats)?;
     drop(v);
     // No background commit came between the sync and the caught commit: the
     // recovered state is exactly the synced one (data included, up to in-place
@@ -1043,7 +1119,7 @@ fn catch_commit(seed: u64, tap: Tap, stats: &mut Stats) -> std::result::Result<(
         since: Vec::new(),
         datasyncs: Vec::new(),
     };
-    recover(&done, stats).map_err(|e| format!("after the commit completed: {e}"))?;
+    recover(&done, PAGES, stats).map_err(|e| format!("after the commit completed: {e}"))?;
     Ok(())
 }
 
