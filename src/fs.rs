@@ -226,6 +226,20 @@ fn xattr_mode(flags: i32) -> Option<XattrMode> {
     }
 }
 
+/// Whether an extended attribute name is one this file system keeps: `user.*`,
+/// `trusted.*` and `security.*`, as a local file system does. Any other name is
+/// EOPNOTSUPP (an unknown namespace, or `system.*`: a POSIX ACL would be stored but
+/// never enforced, the kernel only enforces them for FUSE_POSIX_ACL servers), and a
+/// namespace prefix alone is EINVAL. The kernel leaves all this to a FUSE server.
+fn xattr_name(name: &[u8]) -> Result<(), Errno> {
+    const KEPT: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    match KEPT.iter().find(|p| name.starts_with(p)) {
+        Some(p) if name.len() == p.len() => Err(Errno::EINVAL),
+        Some(_) => Ok(()),
+        None => Err(Errno::EOPNOTSUPP),
+    }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::SpecificTime(t) => SetTime::At(t),
@@ -1251,6 +1265,9 @@ impl Filesystem for CloneFs {
         let Some(mode) = xattr_mode(flags) else {
             return reply.error(Errno::EINVAL);
         };
+        if let Err(e) = xattr_name(name.as_bytes()) {
+            return reply.error(e);
+        }
         match self.vol.setxattr(c, i, name.as_bytes(), value, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("setxattr", n, e)),
@@ -1260,6 +1277,9 @@ impl Filesystem for CloneFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let n = node_or_reply!(ino, reply);
         debug!("getxattr {n} {name:?} size {size}");
+        if let Err(e) = xattr_name(name.as_bytes()) {
+            return reply.error(e);
+        }
         let Node::File(c, i) = n else {
             return reply.error(errno(libc::ENODATA));
         };
@@ -1284,6 +1304,9 @@ impl Filesystem for CloneFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let n = node_or_reply!(ino, reply);
         debug!("removexattr {n} {name:?}");
+        if let Err(e) = xattr_name(name.as_bytes()) {
+            return reply.error(e);
+        }
         let Node::File(c, i) = n else {
             return reply.error(errno(libc::ENODATA));
         };
@@ -1480,6 +1503,16 @@ mod tests {
         assert_eq!(xattr_mode(1), Some(XattrMode::Create));
         assert_eq!(xattr_mode(2), Some(XattrMode::Replace));
         assert_eq!(xattr_mode(3), None);
+        assert_eq!(xattr_name(b"user.a"), Ok(()));
+        assert_eq!(xattr_name(b"trusted.overlay.opaque"), Ok(()));
+        assert_eq!(xattr_name(b"security.capability"), Ok(()));
+        assert_eq!(xattr_name(b"user."), Err(Errno::EINVAL));
+        assert_eq!(xattr_name(b"bogus.x"), Err(Errno::EOPNOTSUPP));
+        assert_eq!(
+            xattr_name(b"system.posix_acl_access"),
+            Err(Errno::EOPNOTSUPP)
+        );
+        assert_eq!(xattr_name(b"user"), Err(Errno::EOPNOTSUPP));
         let f = rename_flags(fuser::RenameFlags::from_bits_retain(1)).unwrap();
         assert!(f.noreplace && !f.exchange);
         let f = rename_flags(fuser::RenameFlags::from_bits_retain(2)).unwrap();
