@@ -52,6 +52,8 @@ pub struct Mounted {
     /// The daemon's pid, killed on drop if unmounting did not end it.
     pid: Option<u32>,
     mounted: bool,
+    /// Extra arguments for `clonefs mount` (e.g. `--allow-other`).
+    opts: Vec<String>,
 }
 
 impl Mounted {
@@ -61,6 +63,12 @@ impl Mounted {
     }
 
     pub fn with_size(size: &str) -> Option<Mounted> {
+        Self::with_options(size, &[])
+    }
+
+    /// A store of `size`, mounted with extra `clonefs mount` arguments, here and
+    /// on every `mount_again`.
+    pub fn with_options(size: &str, opts: &[&str]) -> Option<Mounted> {
         if let Some(why) = no_fuse() {
             eprintln!("SKIPPED: real-mount test needs FUSE: {why}");
             return None;
@@ -79,6 +87,7 @@ impl Mounted {
             mnt,
             pid: None,
             mounted: false,
+            opts: opts.iter().map(|o| o.to_string()).collect(),
         };
         m.mount_again();
         Some(m)
@@ -100,7 +109,9 @@ impl Mounted {
     /// Mounts the store again after an unmount.
     pub fn mount_again(&mut self) {
         assert!(!self.mounted, "already mounted");
-        run_ok(&[BIN, "mount", s(&self.store), s(&self.mnt)]);
+        let mut cmd = vec![BIN, "mount", s(&self.store), s(&self.mnt)];
+        cmd.extend(self.opts.iter().map(String::as_str));
+        run_ok(&cmd);
         self.mounted = true;
         self.pid = self.daemon_pid();
         assert!(self.pid.is_some(), "no daemon pid in the status file");
