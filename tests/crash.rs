@@ -11,7 +11,9 @@
 //! It opens the store (`Volume::open_path`), reads what it holds, and runs a random
 //! workload: writes (random offsets and lengths up to 64 KiB into files of up to
 //! 256 KiB), creates, unlinks, renames, truncates, directories, clones and deletes
-//! of clusters, and frequent syncs (`commit`, `fsync`, `fdatasync`). It keeps a
+//! of clusters, open handles (so some unlinked files are orphans when the kill
+//! comes, for the next mount to free), and frequent syncs (`commit`, `fsync`,
+//! `fdatasync`). It keeps a
 //! ledger file outside the store (plain `std::fs`):
 //! - before issuing an operation it appends the operation (a write is logged by its
 //!   offset, length and seed, from which the parent regenerates the bytes);
@@ -816,6 +818,7 @@ fn child_main() {
     let mut ledger = Ledger(file);
     // Cluster names stay unique across cycles.
     let mut counter = (cycle * 100_000) as u32;
+    let mut handles: Vec<(ClusterId, Ino)> = Vec::new();
     while Instant::now() < deadline {
         if rng.chance(15) {
             let files: Vec<(String, String)> = model
@@ -838,6 +841,26 @@ fn child_main() {
                 v.fdatasync(id, ino)
                     .unwrap_or_else(|e| panic!("child: fdatasync: {e}"));
                 ledger.append(&format!("Y {c} {p}"), true);
+            }
+        } else if rng.chance(6) {
+            // Open handles make files unlinked while open into orphans, which the
+            // kill leaves for the next mount to free (not logged: not visible).
+            if !handles.is_empty() && rng.chance(50) {
+                let (c, ino) = handles.swap_remove(rng.below(handles.len() as u64) as usize);
+                v.release_file(c, ino)
+                    .unwrap_or_else(|e| panic!("child: release: {e}"));
+            } else if let Some((c, p)) = {
+                let files: Vec<(&String, &String)> = model
+                    .clusters
+                    .iter()
+                    .flat_map(|(c, cl)| cl.files.keys().map(move |p| (c, p)))
+                    .collect();
+                (!files.is_empty()).then(|| *rng.pick(&files))
+            } {
+                let (c, ino) = file_ino(&v, c, p).unwrap();
+                v.open_file(c, ino)
+                    .unwrap_or_else(|e| panic!("child: open: {e}"));
+                handles.push((c, ino));
             }
         } else {
             let op = random_op(&mut rng, &model, &mut counter);
