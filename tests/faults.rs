@@ -288,6 +288,53 @@ fn a_flipped_byte_in_a_file_map_is_eio_for_that_file_only() {
     }
 }
 
+/// A file whose map is damaged can still be deleted: the commit that frees it
+/// must not fail on the bad page, and the store is clean afterwards.
+#[test]
+fn a_file_with_a_damaged_map_can_be_unlinked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = mkfs(dir.path(), "store", 64 << 20);
+    let (fa, gb) = (pattern(21, 300_000), pattern(22, 200_000));
+    {
+        let v = Volume::open_path(&p).unwrap();
+        let a = v.create_cluster("alpha", WHO).unwrap().id;
+        file(&v, a, "f", &fa);
+        file(&v, a, "g", &gb);
+        v.close().unwrap();
+    }
+    let store = std::fs::read(&p).unwrap();
+    let nodes = map_nodes_of(&store, &fa[..PS]);
+    assert!(!nodes.is_empty());
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    for &n in &nodes {
+        f.write_all_at(&[0x5A], n * PS as u64 + 32 + 8 * 300 + 3)
+            .unwrap();
+    }
+    drop(f);
+    let v = Volume::open_path(&p).unwrap();
+    let a = v.cluster_by_name("alpha").unwrap().id;
+    assert!(matches!(
+        read_all(&v, "alpha", "f"),
+        Err(Error::Corrupt { .. })
+    ));
+    v.unlink(a, Ino::ROOT, b"f").unwrap();
+    v.commit().unwrap();
+    v.commit().unwrap();
+    // New data may now take the pages the damaged map pointed to.
+    let h = file(&v, a, "h", &pattern(23, 400_000));
+    v.commit().unwrap();
+    clean(&v);
+    assert_eq!(read_all(&v, "alpha", "g").unwrap(), gb);
+    v.close().unwrap();
+    drop(v);
+    let v = Volume::open_path(&p).unwrap();
+    clean(&v);
+    let a = v.cluster_by_name("alpha").unwrap().id;
+    assert_eq!(v.read(a, h, 0, 400_000).unwrap(), pattern(23, 400_000));
+    assert_eq!(read_all(&v, "alpha", "g").unwrap(), gb);
+    v.close().unwrap();
+}
+
 fn mem_volume(pages: u64) -> (Arc<Volume>, Arc<MemDevice>) {
     Volume::in_memory(PS, pages).unwrap()
 }
