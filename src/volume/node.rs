@@ -662,7 +662,10 @@ impl Engine {
             }
             if left == 0 {
                 if meta && !shadowed {
-                    match self.node_kind(p).and_then(|(kind, _)| self.read_node(p, kind)) {
+                    match self
+                        .node_kind(p)
+                        .and_then(|(kind, _)| self.read_node(p, kind))
+                    {
                         Ok(b) => stack.extend(
                             self.children(&b)
                                 .into_iter()
