@@ -491,3 +491,102 @@ fn the_store_file_is_not_touched_by_a_failed_open() {
     assert!(Volume::open_path(&p).is_err());
     assert_eq!(std::fs::read(&p).unwrap(), body);
 }
+
+/// Everything a user can do to a volume, ignoring errors: lists, reads, fsck,
+/// writes and commits.
+fn exercise(v: &Volume) {
+    for info in v.clusters() {
+        let c = info.id;
+        let mut stack = vec![Ino::ROOT];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = v.readdir(c, dir, 0) else {
+                continue;
+            };
+            for e in entries.into_iter().skip(2) {
+                match e.kind {
+                    Kind::Dir if stack.len() < 64 => stack.push(e.ino),
+                    Kind::File => {
+                        if let Ok(a) = v.getattr(c, e.ino) {
+                            let _ = v.read(c, e.ino, 0, a.size.min(1 << 20) as usize);
+                            let _ = v.write(c, e.ino, a.size / 2, b"poke");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = v.mknod(c, Ino::ROOT, b"new", Kind::File, WHO, 0);
+    }
+    let _ = v.clone_cluster("alpha", "alpha-copy");
+    let _ = v.space();
+    let _ = v.fsck();
+    let _ = v.commit();
+    let _ = v.delete_cluster("beta");
+    let _ = v.commit();
+}
+
+#[test]
+fn a_random_flipped_byte_is_never_a_panic() {
+    let (v, dev) = mem_volume(1024);
+    let a = v.create_cluster("alpha", WHO).unwrap().id;
+    let b = v.create_cluster("beta", WHO).unwrap().id;
+    let d = v.mkdir(a, Ino::ROOT, b"dir", WHO).unwrap().ino;
+    for k in 0..20u64 {
+        let ino = v
+            .mknod(a, d, format!("n{k}").as_bytes(), Kind::File, WHO, 0)
+            .unwrap()
+            .ino;
+        v.write(a, ino, k * 1000, &pattern(k, 3000)).unwrap();
+    }
+    file(&v, a, "big", &pattern(99, 700_000));
+    file(&v, b, "g", &pattern(98, 50_000));
+    v.setxattr(a, d, b"user.k", b"v", clonefs::volume::XattrMode::Any)
+        .unwrap();
+    v.clone_cluster("alpha", "gamma").unwrap();
+    v.close().unwrap();
+    drop(v);
+    let image = dev.live_image();
+    let mut pages: Vec<u64> = image.keys().copied().collect();
+    pages.sort_unstable();
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {x}");
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut opened, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let mut img = image.clone();
+        let page = pages[(next() % pages.len() as u64) as usize];
+        // Mostly the header and the first entries, where a flip matters most.
+        let off = if next() % 2 == 0 {
+            (next() % 96) as usize
+        } else {
+            (next() % PS as u64) as usize
+        };
+        let bit = 1u8 << (next() % 8);
+        img.get_mut(&page).unwrap()[off] ^= bit;
+        let r = std::panic::catch_unwind(|| {
+            let dev = Arc::new(MemDevice::from_image(PS, 1024, img));
+            match Volume::open_device(dev, Path::new("flipped"), false) {
+                Ok(v) => {
+                    exercise(&v);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        match r {
+            Ok(true) => opened += 1,
+            Ok(false) => refused += 1,
+            Err(_) => panic!("page {page} byte {off} bit {bit:#x} flipped: a panic"),
+        }
+    }
+    println!("400 flips: {opened} stores opened and exercised, {refused} refused");
+}
