@@ -7,7 +7,7 @@
 mod common;
 
 use common::{run_ok, Mounted};
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -551,6 +551,48 @@ fn times_move_as_posix_says() {
                 .set_len(2)
                 .unwrap();
         });
+        times_moved(log, "truncate to the same size", &[&f], || {
+            OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(2)
+                .unwrap();
+        });
+        times_moved(log, "write of 0 bytes", &[&f], || {
+            let h = OpenOptions::new().write(true).open(&f).unwrap();
+            // SAFETY: a zero-length write from a valid pointer.
+            assert_eq!(
+                unsafe { libc::write(h.as_raw_fd(), b"".as_ptr().cast(), 0) },
+                0
+            );
+        });
+        let e = dir.join("e");
+        fs::write(&e, b"").unwrap();
+        times_moved(log, "O_TRUNC of an empty file", &[&e], || {
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&e)
+                .unwrap();
+        });
+        times_moved(log, "fallocate KEEP_SIZE", &[&e], || {
+            let h = OpenOptions::new().write(true).open(&e).unwrap();
+            // SAFETY: an open descriptor.
+            let r = unsafe { libc::fallocate(h.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 8192) };
+            assert_eq!(r, 0);
+        });
+        times_moved(log, "fallocate growing", &[&e], || {
+            let h = OpenOptions::new().write(true).open(&e).unwrap();
+            // SAFETY: an open descriptor.
+            assert_eq!(unsafe { libc::fallocate(h.as_raw_fd(), 0, 0, 16384) }, 0);
+        });
+        times_moved(log, "punch hole", &[&e], || {
+            let h = OpenOptions::new().write(true).open(&e).unwrap();
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: an open descriptor.
+            assert_eq!(unsafe { libc::fallocate(h.as_raw_fd(), mode, 0, 4096) }, 0);
+        });
         times_moved(log, "chmod", &[&f, &dir], || {
             fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
         });
@@ -884,6 +926,41 @@ fn fallocate_and_sparse_seek_match_a_local_file_system() {
         log.sys("fallocate length 0", unsafe {
             libc::fallocate(fd, 0, 0, 0) as i64
         });
+        // ZERO_RANGE: inside (zeros, size kept), and past the end (grows, unless
+        // KEEP_SIZE).
+        h.write_all_at(&[b'z'; 8192], 0).unwrap();
+        log.sys("ZERO_RANGE 1000..3000", unsafe {
+            libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 1000, 2000) as i64
+        });
+        let all = fs::read(&f).unwrap();
+        log.val(
+            "zeroed range",
+            (
+                all[..1000].iter().all(|b| *b == b'z'),
+                all[1000..3000].iter().all(|b| *b == 0),
+                all[3000..8192].iter().all(|b| *b == b'z'),
+                all.len(),
+            ),
+        );
+        log.sys("ZERO_RANGE past the end", unsafe {
+            libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 65536, 10000) as i64
+        });
+        log.val(
+            "size after ZERO_RANGE past the end",
+            fs::metadata(&f).unwrap().len(),
+        );
+        log.sys("ZERO_RANGE|KEEP_SIZE past the end", unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                200_000,
+                10000,
+            ) as i64
+        });
+        log.val(
+            "size after ZERO_RANGE|KEEP_SIZE",
+            fs::metadata(&f).unwrap().len(),
+        );
         // SEEK_DATA / SEEK_HOLE on a sparse file: data at [0, 4K) and
         // [1M, 1M + 4K + 100), then a hole to the end at 3M.
         let s = d.join("sparse");
@@ -931,6 +1008,176 @@ fn fallocate_and_sparse_seek_match_a_local_file_system() {
     assert_eq!(log.get("SEEK_DATA 1M+8K"), "\"ENXIO\"");
     assert_eq!(log.get("SEEK_HOLE 3M"), "\"ENXIO\"");
     assert_eq!(log.get("hole reads zero"), "true");
+    assert_eq!(log.get("zeroed range"), "(true, true, true, 65536)");
+    assert_eq!(log.get("size after ZERO_RANGE past the end"), "75536");
+    assert_eq!(log.get("size after ZERO_RANGE|KEEP_SIZE"), "75536");
+    // COLLAPSE_RANGE and INSERT_RANGE differ: the kernel's FUSE client refuses
+    // them (EOPNOTSUPP) before they reach the server, where ext4 does them.
+    let h = OpenOptions::new()
+        .write(true)
+        .open(m.path("c/falloc/f"))
+        .unwrap();
+    for mode in [libc::FALLOC_FL_COLLAPSE_RANGE, libc::FALLOC_FL_INSERT_RANGE] {
+        // SAFETY: an open descriptor.
+        assert_eq!(unsafe { libc::fallocate(h.as_raw_fd(), mode, 0, 4096) }, -1);
+        assert_eq!(last_errno(), libc::EOPNOTSUPP);
+    }
+    assert_eq!(fs::metadata(m.path("c/falloc/f")).unwrap().len(), 75536);
+    // Preallocated, never written pages differ too: they are zero pages, so data
+    // to SEEK_DATA/SEEK_HOLE (POSIX allows a hole to be reported as data); ext4
+    // keeps them as unwritten extents and reports a hole.
+    let h = File::create(m.path("c/falloc/prealloc")).unwrap();
+    // SAFETY: an open descriptor.
+    assert_eq!(unsafe { libc::fallocate(h.as_raw_fd(), 0, 0, 65536) }, 0);
+    assert_eq!(seek(h.as_raw_fd(), 0, libc::SEEK_DATA), "0");
+    assert_eq!(seek(h.as_raw_fd(), 0, libc::SEEK_HOLE), "65536");
+}
+
+/// A small deterministic generator for the random operations below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// fsx-style: the same random writes, truncates, punches, zero ranges,
+/// preallocations and mapped writes on a native file and on one in the mount;
+/// contents and sizes must agree at every read and at the end.
+#[test]
+fn random_file_operations_match_a_local_file_system() {
+    let Some(m) = mount_with(&[]) else { return };
+    let native = native_dir();
+    let paths = [native.path().join("fsx"), m.path("c/fsx")];
+    let files: Vec<File> = paths
+        .iter()
+        .map(|p| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .unwrap()
+        })
+        .collect();
+    const MAX: u64 = 1 << 20;
+    // CLONEFS_FSX_SEED and CLONEFS_FSX_STEPS explore further.
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut rng = Rng(env("CLONEFS_FSX_SEED", 0x9e37_79b9_7f4a_7c15) | 1);
+    let steps = env("CLONEFS_FSX_STEPS", 1500);
+    let mut history: Vec<String> = Vec::new();
+    for step in 0..steps {
+        let size = files[0].metadata().unwrap().len();
+        let off = rng.below(MAX);
+        let span = if rng.below(4) == 0 { 200_000 } else { 9000 };
+        let len = 1 + rng.below(span);
+        let fill = (step % 251) as u8 + 1;
+        let op = rng.below(8);
+        let what = match op {
+            0 | 1 => {
+                let data = vec![fill; len as usize];
+                for f in &files {
+                    f.write_all_at(&data, off).unwrap();
+                }
+                format!("write {len} at {off}")
+            }
+            2 => {
+                let to = rng.below(MAX);
+                for f in &files {
+                    f.set_len(to).unwrap();
+                }
+                format!("truncate to {to}")
+            }
+            3..=5 => {
+                let mode = [
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    libc::FALLOC_FL_ZERO_RANGE,
+                    if rng.below(2) == 0 {
+                        0
+                    } else {
+                        libc::FALLOC_FL_KEEP_SIZE
+                    },
+                ][(op - 3) as usize];
+                for f in &files {
+                    // SAFETY: an open descriptor.
+                    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+                    assert_eq!(r, 0, "fallocate {mode:#x}: {}", io::Error::last_os_error());
+                }
+                format!("fallocate {mode:#x} {len} at {off}")
+            }
+            6 if size >= 8192 => {
+                // A write through a shared mapping of the first pages, then msync.
+                let mlen = (size.min(65536) / 4096 * 4096) as usize;
+                let at = rng.below(mlen as u64 - 100) as usize;
+                for f in &files {
+                    // SAFETY: a shared mapping of mlen bytes of a file at least
+                    // that long, written within bounds, synced and unmapped.
+                    unsafe {
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            mlen,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_SHARED,
+                            f.as_raw_fd(),
+                            0,
+                        );
+                        assert_ne!(p, libc::MAP_FAILED);
+                        std::ptr::write_bytes((p as *mut u8).add(at), fill, 100);
+                        assert_eq!(libc::msync(p, mlen, libc::MS_SYNC), 0);
+                        libc::munmap(p, mlen);
+                    }
+                }
+                format!("mapped write of 100 at {at}")
+            }
+            _ => {
+                let mut a = vec![0u8; len as usize];
+                let mut b = vec![0u8; len as usize];
+                let na = files[0].read_at(&mut a, off).unwrap();
+                let nb = files[1].read_at(&mut b, off).unwrap();
+                assert_eq!(na, nb, "read {len} at {off} after {history:?}");
+                assert!(
+                    a[..na] == b[..nb],
+                    "read {len} at {off} differs after {:?}",
+                    &history[history.len().saturating_sub(10)..]
+                );
+                format!("read {len} at {off}")
+            }
+        };
+        history.push(what);
+        let (sa, sb) = (
+            files[0].metadata().unwrap().len(),
+            files[1].metadata().unwrap().len(),
+        );
+        assert_eq!(
+            sa,
+            sb,
+            "size after {:?}",
+            &history[history.len().saturating_sub(10)..]
+        );
+    }
+    // The whole file, through fresh descriptors (and so the page cache) and
+    // after the mount's caches are dropped by reading a clone.
+    let a = fs::read(&paths[0]).unwrap();
+    assert!(a == fs::read(&paths[1]).unwrap(), "final contents differ");
+    fs::create_dir(m.path("c/.clone/fsx")).unwrap();
+    assert!(
+        a == fs::read(m.path("fsx/fsx")).unwrap(),
+        "the clone differs"
+    );
 }
 
 // ---- names -------------------------------------------------------------------------
@@ -1220,6 +1467,97 @@ fn directories_and_names_match_a_local_file_system() {
 }
 
 #[test]
+fn names_of_any_bytes_and_odd_opens_match_a_local_file_system() {
+    let Some(mut m) = mount_with(&[]) else { return };
+    let log = compare(&m, "c", "bytes", |d, log| {
+        let names: [&[u8]; 7] = [
+            b"\xff\xfe latin-1 \xe9",
+            b"new\nline",
+            b" ",
+            b"...",
+            b"-rf",
+            "ユニコード".as_bytes(),
+            b".clone",
+        ];
+        for n in names {
+            let p = d.join(OsStr::from_bytes(n));
+            log.io(&format!("create {:?}", n), fs::write(&p, n));
+            log.val(
+                &format!("read {:?}", n),
+                fs::read(&p).ok() == Some(n.to_vec()),
+            );
+        }
+        let mut listed: Vec<Vec<u8>> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect();
+        listed.sort();
+        log.val("listing", listed);
+        // A symlink target of any bytes, kept as given.
+        let target = OsStr::from_bytes(b"../\x01odd\xff//x/");
+        log.io(
+            "symlink odd target",
+            std::os::unix::fs::symlink(target, d.join("l")),
+        );
+        log.val(
+            "readlink",
+            fs::read_link(d.join("l")).ok().map(|t| t.into_os_string()),
+        );
+        // O_TRUNC with O_RDONLY truncates on Linux.
+        fs::write(d.join("t"), b"data").unwrap();
+        log.io(
+            "O_RDONLY|O_TRUNC",
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_TRUNC)
+                .open(d.join("t")),
+        );
+        log.val(
+            "size after O_RDONLY|O_TRUNC",
+            fs::metadata(d.join("t")).unwrap().len(),
+        );
+        // O_CREAT on an existing directory, O_EXCL on a dangling symlink.
+        log.io(
+            "O_CREAT on a directory",
+            OpenOptions::new().write(true).create(true).open(d),
+        );
+        std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+        log.io(
+            "O_CREAT|O_EXCL on a dangling symlink",
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(d.join("dangling")),
+        );
+        log.io(
+            "O_CREAT through a dangling symlink",
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(d.join("dangling")),
+        );
+        log.val("created its target", d.join("nowhere").is_file());
+    });
+    assert_eq!(log.get("create [46, 99, 108, 111, 110, 101]"), "ok");
+    assert_eq!(log.get("size after O_RDONLY|O_TRUNC"), "0");
+    assert_eq!(log.get("created its target"), "true");
+    remount_keeps(&mut m, "c/bytes");
+    // O_TMPFILE differs: fuser has no FUSE_TMPFILE, so the kernel answers
+    // EOPNOTSUPP, the errno callers fall back on (a local file system makes an
+    // unnamed file).
+    let before = list(&m.path("c/bytes"));
+    let e = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(m.path("c/bytes"))
+        .unwrap_err();
+    assert_eq!(os_errno(&e), libc::EOPNOTSUPP);
+    assert_eq!(list(&m.path("c/bytes")), before);
+}
+
+#[test]
 fn fifo_and_unix_socket_work_inside_the_mount() {
     let Some(m) = mount_with(&[]) else { return };
     let fifo = m.path("c/fifo");
@@ -1285,12 +1623,93 @@ fn fifo_and_unix_socket_work_inside_the_mount() {
     assert!(!sock.exists());
 }
 
+#[test]
+fn concurrent_operations_in_one_directory_and_one_file() {
+    let Some(mut m) = mount_with(&[]) else { return };
+    let d = m.path("c/par");
+    fs::create_dir(&d).unwrap();
+    let big = d.join("shared");
+    const PART: usize = 256 * 1024;
+    const THREADS: usize = 8;
+    File::create(&big)
+        .unwrap()
+        .set_len((PART * THREADS) as u64)
+        .unwrap();
+    let hub = d.join("hub");
+    fs::write(&hub, b"hub").unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (d, big, hub) = (&d, &big, &hub);
+            s.spawn(move || {
+                // Names: create, rename, unlink; every third kept.
+                for i in 0..150 {
+                    let a = d.join(format!("t{t}-{i}"));
+                    fs::write(&a, format!("{t} {i}")).unwrap();
+                    let b = d.join(format!("t{t}-{i}-renamed"));
+                    fs::rename(&a, &b).unwrap();
+                    if i % 3 != 0 {
+                        fs::remove_file(&b).unwrap();
+                    }
+                    if i % 10 == 0 {
+                        fs::create_dir(d.join(format!("dir{t}-{i}"))).unwrap();
+                    }
+                }
+                // Hard links to one inode, from every thread at once.
+                for i in 0..50 {
+                    let l = d.join(format!("hub{t}-{i}"));
+                    fs::hard_link(hub, &l).unwrap();
+                    if i % 2 == 0 {
+                        fs::remove_file(&l).unwrap();
+                    }
+                }
+                // Disjoint ranges of one file, in odd-sized writes.
+                let h = OpenOptions::new().write(true).open(big).unwrap();
+                let data: Vec<u8> = (0..PART).map(|k| (k * 31 + t * 7) as u8).collect();
+                for (k, chunk) in data.chunks(12_345).enumerate() {
+                    h.write_all_at(chunk, (t * PART + k * 12_345) as u64)
+                        .unwrap();
+                }
+            });
+        }
+        // A reader listing all along: never an error, never a duplicate.
+        s.spawn(|| {
+            for _ in 0..20 {
+                let names = list(&d);
+                let mut sorted = names.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), names.len(), "a name listed twice");
+            }
+        });
+    });
+    let names = list(&d);
+    for t in 0..THREADS {
+        for i in 0..150 {
+            let kept = names.contains(&format!("t{t}-{i}-renamed"));
+            assert_eq!(kept, i % 3 == 0, "t{t}-{i}");
+            assert!(!names.contains(&format!("t{t}-{i}")));
+        }
+    }
+    assert_eq!(fs::metadata(&hub).unwrap().nlink(), 1 + THREADS as u64 * 25);
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 2 + THREADS as u64 * 15);
+    let all = fs::read(&big).unwrap();
+    for t in 0..THREADS {
+        let want: Vec<u8> = (0..PART).map(|k| (k * 31 + t * 7) as u8).collect();
+        assert!(all[t * PART..(t + 1) * PART] == want[..], "part {t}");
+    }
+    // The same after a remount, and the store checks clean.
+    remount_keeps(&mut m, "c/par");
+    m.umount();
+    let out = common::run(&[common::BIN, "fsck", m.store_str()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 // ---- readdir, statfs, xattrs -------------------------------------------------------
 
 fn list(d: &Path) -> Vec<String> {
     fs::read_dir(d)
         .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
 
@@ -1965,6 +2384,23 @@ fn permissions_as_another_user_match_a_local_file_system() {
     assert_eq!(log.get("sgid/f mode"), "493"); // 0o755: S_ISGID dropped
     assert_eq!(log.get("mine/f mode"), "1517"); // 0o2755: kept
     assert_eq!(log.get("chgrp own file to a foreign group"), ep.as_str());
+
+    // Clusters: only the mount's owner makes them, only a cluster root's owner
+    // clones it.
+    let (newc, clone) = (cstr(&m.path("nc")), cstr(&m.path("c/.clone/nc")));
+    // SAFETY: mkdir of prepared paths, in a forked child.
+    let mk = |p: &CString| {
+        as_user(NOBODY, NOBODY, || {
+            rc(unsafe { libc::mkdir(p.as_ptr(), 0o755) })
+        })
+    };
+    assert_eq!(mk(&newc), libc::EACCES);
+    assert_eq!(mk(&clone), libc::EACCES);
+    std::os::unix::fs::chown(m.path("c"), Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_eq!(mk(&clone), 0);
+    let md = fs::metadata(m.path("nc")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (NOBODY, NOBODY));
+    assert_eq!(fs::read(m.path("nc/perm/ro")).unwrap(), b"r");
 }
 
 #[test]
