@@ -1519,7 +1519,11 @@ fn names_of_any_bytes_and_odd_opens_match_a_local_file_system() {
         // O_CREAT on an existing directory, O_EXCL on a dangling symlink.
         log.io(
             "O_CREAT on a directory",
-            OpenOptions::new().write(true).create(true).open(d),
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(d),
         );
         std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
         log.io(
