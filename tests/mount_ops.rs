@@ -473,6 +473,12 @@ fn setattr_matches_a_local_file_system() {
                 (before..after).contains(&c),
             ),
         );
+        // Times far in the future.
+        log.sys(
+            "utimensat 2200",
+            utimens(&f, ts(7_258_118_400, 0), ts(7_258_118_400, 999_999_999)),
+        );
+        log.val("times 2200", times(&f)[..2].to_vec());
         // Times before the epoch survive.
         log.sys(
             "utimensat before 1970",
@@ -502,6 +508,21 @@ fn setattr_matches_a_local_file_system() {
         "(1100000000000000007, 2000000000000000000)"
     );
     assert_eq!(log.get("UTIME_NOW times are now"), "(true, true, true)");
+    assert_eq!(
+        log.get("times 2200"),
+        "[7258118400000000000, 7258118400999999999]"
+    );
+    // Past 2262-04-11, the end of what the volume's records hold, times clamp to
+    // it (they wrapped around to 1677-1970 before); ext4 goes on to 2446.
+    let f = m.path("c/setattr/f");
+    assert_eq!(
+        utimens(&f, ts(10_000_000_000, 0), ts(-11_676_096_000, 0)),
+        0
+    );
+    assert_eq!(times(&f)[..2], [i64::MAX as i128, i64::MIN as i128]);
+    m.umount();
+    m.mount_again();
+    assert_eq!(times(&f)[..2], [i64::MAX as i128, i64::MIN as i128]);
     assert_eq!(
         log.get("times before 1970"),
         "(-86400000000000, -1000000000)"

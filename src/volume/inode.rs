@@ -233,10 +233,14 @@ pub fn to_system_time(ns: i64) -> SystemTime {
     }
 }
 
+/// Nanoseconds since the epoch, as records hold them. Their range (1677-09-21 to
+/// 2262-04-11) is narrower than what utimensat(2) can ask for: a time beyond it
+/// is clamped to its end, as a file system clamps to its format's range, rather
+/// than wrapping around to the other end.
 pub fn from_system_time(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i64,
-        Err(e) => -(e.duration().as_nanos() as i64),
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
     }
 }
 

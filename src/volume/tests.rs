@@ -384,3 +384,38 @@ fn a_write_that_fails_for_space_leaves_no_dangling_page() {
     assert_eq!(v.read(c, f, 0, 3).unwrap(), b"xyz");
     clean(&v);
 }
+
+#[test]
+fn times_beyond_the_record_range_clamp_instead_of_wrapping() {
+    let (v, _) = vol(1024);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "f");
+    let at = |secs: i64| {
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+        }
+    };
+    let set = |a: i64, m: i64| {
+        v.setattr(
+            c,
+            f,
+            &SetAttr {
+                atime: Some(SetTime::At(at(a))),
+                mtime: Some(SetTime::At(at(m))),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    // Within the range: exact, on both sides of the epoch.
+    let a = set(7_258_118_400, -86_400);
+    assert_eq!((a.atime, a.mtime), (at(7_258_118_400), at(-86_400)));
+    // Year 2286 and year 1600: the ends of the range, not 1702 and 2235.
+    let a = set(10_000_000_000, -11_676_096_000);
+    let max = SystemTime::UNIX_EPOCH + Duration::from_nanos(i64::MAX as u64);
+    let min = SystemTime::UNIX_EPOCH - Duration::from_nanos(i64::MIN.unsigned_abs());
+    assert_eq!((a.atime, a.mtime), (max, min));
+    assert_eq!(v.getattr(c, f).unwrap().atime, max);
+}
