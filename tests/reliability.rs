@@ -131,6 +131,7 @@ fn sigkill_of_the_daemon_loses_no_fsynced_byte() {
                     let name = &files[rng.below(files.len() as u64) as usize];
                     let Ok(f) = fs::OpenOptions::new()
                         .create(true)
+                        .truncate(false)
                         .write(true)
                         .open(mnt.join(name))
                     else {
@@ -222,6 +223,9 @@ fn used(m: &Mounted) -> u64 {
 
 const REC: usize = 64;
 
+/// When each write began and ended, per writer thread.
+type Timings = Vec<(Instant, Instant)>;
+
 /// Checks that a clone of the writers' cluster is one point in time: per writer, a
 /// prefix of its records, and no missing record finished before a present one began.
 fn check_image(dir: &Path, log: &[Vec<(Instant, Instant)>]) {
@@ -269,8 +273,7 @@ fn clone_storm_under_four_writers() {
     let total = if long() { 5000 } else { 1000 };
     fs::create_dir(m.path("prod")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Vec<Mutex<Vec<(Instant, Instant)>>>> =
-        Arc::new((0..4).map(|_| Mutex::new(Vec::new())).collect());
+    let log: Arc<Vec<Mutex<Timings>>> = Arc::new((0..4).map(|_| Mutex::new(Vec::new())).collect());
     let writers: Vec<_> = (0..4)
         .map(|t| {
             let (stop, log, path) = (stop.clone(), log.clone(), m.path(&format!("prod/w{t}")));
@@ -377,6 +380,7 @@ fn many_threads_write_rename_and_clone_at_once() {
                     let r = match rng.below(8) {
                         0 | 1 => fs::OpenOptions::new()
                             .create(true)
+                            .truncate(false)
                             .write(true)
                             .open(p(&mut rng))
                             .and_then(|f| {
