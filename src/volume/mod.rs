@@ -1642,9 +1642,11 @@ impl Volume {
         let ps = self.eng.ps as u64;
         if size < i.size {
             let keep = size.div_ceil(ps);
-            i.mapped -=
+            let gone =
                 self.eng
                     .unmap_range(&mut i.content, NodeKind::RadixData, keep, u64::MAX, true)?;
+            // Saturating: a count damaged on disk shows in fsck, not as a panic here.
+            i.mapped = i.mapped.saturating_sub(gone);
             self.zero_within(i, size, size.div_ceil(ps) * ps)?;
         } else {
             self.zero_gap(i, size)?;
@@ -1820,13 +1822,14 @@ impl Volume {
         }
         let (first_full, end_full) = (from.div_ceil(ps), to / ps);
         if first_full < end_full {
-            i.mapped -= self.eng.unmap_range(
+            let gone = self.eng.unmap_range(
                 &mut i.content,
                 NodeKind::RadixData,
                 first_full,
                 end_full,
                 true,
             )?;
+            i.mapped = i.mapped.saturating_sub(gone);
             self.zero_within(i, from, first_full * ps)?;
             self.zero_within(i, end_full * ps, to)
         } else if from / ps == (to - 1) / ps {
@@ -2020,7 +2023,7 @@ impl Volume {
                 self.eng.set_entry(leaf, slot, *p)?;
                 match (old.is_none(), p.is_none()) {
                     (true, false) => dst.mapped += 1,
-                    (false, true) => dst.mapped -= 1,
+                    (false, true) => dst.mapped = dst.mapped.saturating_sub(1),
                     _ => {}
                 }
                 if !old.is_none() {
