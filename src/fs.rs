@@ -1171,6 +1171,39 @@ impl Filesystem for CloneFs {
         self.fsync(req, ino, fh, datasync, reply)
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let n = node_or_reply!(ino, reply);
+        debug!("opendir {n}");
+        // Counted like a file's handle: a directory removed while open lives on
+        // (fstat, fchdir) until its last releasedir, as on a local file system.
+        match n {
+            Node::File(c, i) => match self.vol.open_file(c, i) {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(self.fail("opendir", n, e)),
+            },
+            _ => reply.opened(FileHandle(0), FopenFlags::empty()),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let n = node_or_reply!(ino, reply);
+        debug!("releasedir {n}");
+        match n {
+            Node::File(c, i) => match self.vol.release_file(c, i) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(self.fail("releasedir", n, e)),
+            },
+            _ => reply.ok(),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,

@@ -783,6 +783,57 @@ fn open_flags_and_io_match_a_local_file_system() {
         }
         log.io("sync_all", w.sync_all());
         drop((r, w, h));
+        // An open file, unlinked: still a file to every call on the descriptor.
+        let u = d.join("unlinked");
+        let h = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&u)
+            .unwrap();
+        h.write_all_at(b"before", 0).unwrap();
+        fs::remove_file(&u).unwrap();
+        log.val("fstat nlink after unlink", h.metadata().unwrap().nlink());
+        log.io("write after unlink", h.write_all_at(b" and after", 6));
+        log.io("ftruncate after unlink", h.set_len(20));
+        // SAFETY: an open descriptor.
+        log.sys("fallocate after unlink", unsafe {
+            libc::fallocate(h.as_raw_fd(), 0, 0, 8192) as i64
+        });
+        log.io("fsync after unlink", h.sync_all());
+        log.io(
+            "fchmod after unlink",
+            h.set_permissions(fs::Permissions::from_mode(0o600)),
+        );
+        let md = h.metadata().unwrap();
+        log.val(
+            "fstat after unlink",
+            (md.len(), md.mode() & 0o7777, md.nlink()),
+        );
+        let mut back = vec![0u8; 20];
+        h.read_exact_at(&mut back, 0).unwrap();
+        log.val(
+            "read after unlink",
+            String::from_utf8_lossy(&back).into_owned(),
+        );
+        log.val("name gone", u.exists());
+        drop(h);
+        // A directory removed while open lists nothing more.
+        fs::create_dir(d.join("gone")).unwrap();
+        let dfd = File::open(d.join("gone")).unwrap();
+        fs::remove_dir(d.join("gone")).unwrap();
+        log.val(
+            "fstat of a removed dir",
+            dfd.metadata().map(|m| m.nlink()).ok(),
+        );
+        let dd = cstr(&d.join("gone"));
+        // SAFETY: a valid path.
+        log.sys(
+            "mkdir in the removed dir's place",
+            unsafe { libc::mkdir(dd.as_ptr(), 0o755) } as i64,
+        );
+        drop(dfd);
         // O_NOFOLLOW on a symlink.
         std::os::unix::fs::symlink("f", d.join("l")).unwrap();
         log.io(
@@ -814,6 +865,12 @@ fn open_flags_and_io_match_a_local_file_system() {
     assert_eq!(log.get("fsync a dir"), "ok");
     assert_eq!(log.get("open symlink O_NOFOLLOW"), "ELOOP");
     assert_eq!(log.get("big round trip"), "true");
+    assert_eq!(log.get("fstat after unlink"), "(8192, 384, 0)");
+    assert_eq!(log.get("fstat of a removed dir"), "Some(0)");
+    assert_eq!(
+        log.get("read after unlink"),
+        "\"before and after\\0\\0\\0\\0\""
+    );
 }
 
 /// `len` bytes at a 4096-aligned address inside `v`.
@@ -1853,7 +1910,6 @@ fn statfs_reports_the_store() {
     let Some(m) = Mounted::with_size("512M") else {
         return;
     };
-    // Skip where FUSE is missing, like the others.
     fs::create_dir(m.path("c")).unwrap();
     let out = run_ok(&["df", "-B1", "--output=size,avail", m.mnt_str()]);
     let v: Vec<u64> = out

@@ -419,3 +419,28 @@ fn times_beyond_the_record_range_clamp_instead_of_wrapping() {
     assert_eq!((a.atime, a.mtime), (max, min));
     assert_eq!(v.getattr(c, f).unwrap().atime, max);
 }
+
+#[test]
+fn a_directory_removed_while_open_lives_until_its_release() {
+    let (v, dev) = vol(1024);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let d = v.mkdir(c, Ino::ROOT, b"d", WHO).unwrap().ino;
+    v.open_file(c, d).unwrap();
+    v.rmdir(c, Ino::ROOT, b"d").unwrap();
+    assert!(matches!(v.lookup(c, Ino::ROOT, b"d"), Err(Error::NotFound)));
+    let a = v.getattr(c, d).unwrap();
+    assert_eq!((a.kind, a.nlink), (Kind::Dir, 0));
+    assert_eq!(v.getattr(c, Ino::ROOT).unwrap().nlink, 2);
+    clean(&v);
+    // Its last release frees it.
+    v.release_file(c, d).unwrap();
+    assert!(matches!(v.getattr(c, d), Err(Error::NotFound)));
+    clean(&v);
+    // Left open at a crash (or an unmount), the next open frees it.
+    let e = v.mkdir(c, Ino::ROOT, b"e", WHO).unwrap().ino;
+    v.open_file(c, e).unwrap();
+    v.rmdir(c, Ino::ROOT, b"e").unwrap();
+    let v = reopen(v, &dev);
+    assert!(matches!(v.getattr(c, e), Err(Error::NotFound)));
+    clean(&v);
+}
