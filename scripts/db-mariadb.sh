@@ -5,8 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-port_prod=${DB_PORT:-53306}
-port_test=$((port_prod + 1))
+port=${DB_PORT:-53306}          # prod's port, or the first free one above; test's is the next free one
 rows=${MARIADB_ROWS:-300000}  # accounts loaded; the history table gets 2/3 as many
 load_secs=${DB_LOAD_SECS:-20} # write load; the clone happens halfway through
 workers=3                     # concurrent sessions running the write load
@@ -91,23 +90,42 @@ stop_server() {
     done
   done
 }
-# start_server NAME DATADIR PORT: mariadbd as user mysql on 127.0.0.1:PORT, socket $run/NAME.sock.
+# free_port N: the first port from N up on which nothing listens on 127.0.0.1
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+# start_server NAME DATADIR PORT: mariadbd as user mysql on 127.0.0.1 at the first free port from PORT
+# (sets port_NAME, pid_NAME), its socket $run/NAME.sock. Clients connect through that socket only, so
+# they never reach the server of another run (cargo test may run this script in another checkout too).
 start_server() {
-  local name=$1 data=$2 port=$3 i
-  touch "$dir/server-$name.log"
-  chown mysql: "$dir/server-$name.log" # mariadbd opens it as mysql
-  (exec mariadbd --no-defaults --user=mysql --datadir="$data" --port="$port" --bind-address=127.0.0.1 \
-    --socket="$run/$name.sock" --pid-file="$run/$name.pid" --tmpdir="$run" \
-    --log-error="$dir/server-$name.log") &
-  local pid=$!
-  servers+=("$pid")
-  eval "pid_$name=$pid"
-  for ((i = 0; i < 240; i++)); do
-    timeout 10 mariadb-admin --socket="$run/$name.sock" -u root ping >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
-    sleep 0.5
+  local name=$1 data=$2 port=$3 try i pid
+  for ((try = 0; try < 10; try++)); do
+    port=$(free_port "$port")
+    : >"$dir/server-$name.log"
+    chown mysql: "$dir/server-$name.log" # mariadbd opens it as mysql
+    (exec mariadbd --no-defaults --user=mysql --datadir="$data" --port="$port" --bind-address=127.0.0.1 \
+      --socket="$run/$name.sock" --pid-file="$run/$name.pid" --tmpdir="$run" \
+      --log-error="$dir/server-$name.log") &
+    pid=$!
+    servers+=("$pid")
+    for ((i = 0; i < 240; i++)); do
+      if timeout 10 mariadb-admin --socket="$run/$name.sock" -u root ping >/dev/null 2>&1; then
+        eval "pid_$name=$pid port_$name=$port"
+        echo "$name server: pid $pid, 127.0.0.1:$port, socket $run/$name.sock"
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    ! kill -0 "$pid" 2>/dev/null || fail "the $name server is not ready after 120 s"
+    grep -q "Bind on TCP/IP port.*in use" "$dir/server-$name.log" ||
+      fail "the $name server exited during startup (see server-$name.log)"
+    echo "db-mariadb: port $port was taken while the $name server started; trying the next one"
+    port=$((port + 1))
   done
-  fail "the $name server is not ready after 120 s"
+  fail "no free port for the $name server"
 }
 q() { # q NAME SQL...: one client call on database bench, tab-separated, no headers
   local name=$1
@@ -183,7 +201,7 @@ timeout 30 chown mysql: "$mnt/prod/mysql"
 say "mariadb-install-db on the mount"
 timeout 300 mariadb-install-db --no-defaults --user=mysql --datadir="$mnt/prod/mysql" --skip-test-db \
   >"$dir/install-db.log" 2>&1 || fail "mariadb-install-db failed: $(tail -n 5 "$dir/install-db.log")"
-start_server prod "$mnt/prod/mysql" "$port_prod"
+start_server prod "$mnt/prod/mysql" "$port"
 mariadbd --version
 
 # ---- 1. load ------------------------------------------------------------------------
@@ -250,7 +268,7 @@ status "after the clone"
 
 # ---- 3. a server on the clone, and MariaDB's own checks ------------------------------------
 say "3. starting a server on the clone (crash recovery), then mariadb-check and CHECK TABLE"
-start_server test "$mnt/test/mysql" "$port_test"
+start_server test "$mnt/test/mysql" "$((port_prod + 1))"
 grep -Ei 'crash recovery|Starting final batch|redo log|Recovered' "$dir/server-test.log" | head -n 5 || true
 checks test
 

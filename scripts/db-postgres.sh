@@ -5,8 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-port_prod=${DB_PORT:-55432}
-port_test=$((port_prod + 1))
+port=${DB_PORT:-55432}          # prod's port, or the first free one above; test's is the next free one
 scale=${PG_SCALE:-10}         # pgbench scale (10 = 1M accounts, ~160 MB)
 load_secs=${DB_LOAD_SECS:-20} # write load; the clone happens halfway through
 
@@ -93,26 +92,45 @@ stop_server() {
     done
   done
 }
-# start_server NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock.
+# free_port N: the first port from N up on which nothing listens on 127.0.0.1
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+# start_server NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1 at the first free port from
+# PORT (sets port_NAME, pid_NAME), its socket in $sock. Clients connect through that socket only, so
+# they never reach the server of another run (cargo test may run this script in another checkout too).
 start_server() {
-  local name=$1 data=$2 port=$3 i
-  (exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 \
-    >"$dir/server-$name.log" 2>&1) &
-  local pid=$!
-  servers+=("$pid")
-  eval "pid_$name=$pid"
-  for ((i = 0; i < 240; i++)); do
-    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
-    kill -0 "$pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
-    sleep 0.5
+  local name=$1 data=$2 port=$3 try i pid
+  for ((try = 0; try < 10; try++)); do
+    port=$(free_port "$port")
+    (exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
+      postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 \
+      >"$dir/server-$name.log" 2>&1) &
+    pid=$!
+    servers+=("$pid")
+    for ((i = 0; i < 240; i++)); do
+      if timeout 10 pg_isready -q -h "$sock" -p "$port"; then
+        eval "pid_$name=$pid port_$name=$port"
+        echo "$name server: pid $pid, 127.0.0.1:$port, socket $sock"
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    ! kill -0 "$pid" 2>/dev/null || fail "the $name server is not ready after 120 s"
+    grep -q 'could not create any TCP/IP sockets' "$dir/server-$name.log" ||
+      fail "the $name server exited during startup (see server-$name.log)"
+    echo "db-postgres: port $port was taken while the $name server started; trying the next one"
+    port=$((port + 1))
   done
-  fail "the $name server is not ready after 120 s"
+  fail "no free port for the $name server"
 }
 q() { # q PORT SQL...: one psql call, unaligned, tuples only
   local port=$1
   shift
-  timeout 300 psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+  timeout 300 psql -X -q -At -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres "$@"
 }
 status() {
   say "clonefs status $mnt ($1)"
@@ -127,7 +145,7 @@ ledger() {
   while [ ! -e "$dir/stop-ledger" ]; do
     i=$((i + 1))
     s=$(now_us)
-    timeout 60 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    timeout 60 psql -X -q -h "$sock" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
       -c "INSERT INTO ledger (id) VALUES ($i)" >/dev/null || { echo "ledger: insert $i failed" >&2; exit 1; }
     echo "$i $s $(now_us)" >>"$out"
   done
@@ -146,12 +164,12 @@ say "initdb on the mount"
 timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
   initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
   fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
-start_server prod "$mnt/prod/pgdata" "$port_prod"
+start_server prod "$mnt/prod/pgdata" "$port"
 
 # ---- 1. load ------------------------------------------------------------------------
 say "1. loading: pgbench -i -s $scale"
 t=$(now_us)
-timeout 600 pgbench -i -s "$scale" -q -h 127.0.0.1 -p "$port_prod" -U postgres postgres 2>&1 | tail -n 3
+timeout 600 pgbench -i -s "$scale" -q -h "$sock" -p "$port_prod" -U postgres postgres 2>&1 | tail -n 3
 load_us=$(($(now_us) - t))
 load_rows=$((scale * 100000))
 load_rate=$((load_rows * 1000000 / load_us))
@@ -163,7 +181,7 @@ status "after the load"
 # ---- 2. write load, clone in the middle ---------------------------------------------------
 say "2. write load: pgbench -c 4 -T $load_secs and the ledger; clone at ${load_secs}/2 s"
 timeout $((load_secs + 120)) pgbench -c 4 -j 2 -T "$load_secs" -P 1 --progress-timestamp \
-  -h 127.0.0.1 -p "$port_prod" -U postgres postgres >"$dir/pgbench.log" 2>&1 &
+  -h "$sock" -p "$port_prod" -U postgres postgres >"$dir/pgbench.log" 2>&1 &
 pgbench_pid=$!
 clients+=("$pgbench_pid")
 ledger "$port_prod" "$dir/ledger.txt" &
@@ -192,9 +210,9 @@ status "after the clone"
 # ---- 3. a server on the clone, and PostgreSQL's own checks ------------------------------------
 say "3. starting a server on the clone (crash recovery), then pg_amcheck --all"
 timeout 30 rm -f "$mnt/test/pgdata/postmaster.pid"
-start_server test "$mnt/test/pgdata" "$port_test"
+start_server test "$mnt/test/pgdata" "$((port_prod + 1))"
 grep -E 'redo (starts|done)|database system was (not properly shut down|interrupted)' "$dir/server-test.log" || true
-timeout 600 pg_amcheck -h 127.0.0.1 -p "$port_test" -U postgres --all --install-missing --heapallindexed ||
+timeout 600 pg_amcheck -h "$sock" -p "$port_test" -U postgres --all --install-missing --heapallindexed ||
   fail "pg_amcheck on the clone found problems"
 echo "pg_amcheck --all --heapallindexed on the clone: clean"
 accounts=$(q "$port_test" -c "SELECT count(*) FROM pgbench_accounts")
@@ -245,11 +263,11 @@ say "6. stopping prod and deleting it (rm -rf $mnt/prod)"
 stop_server "$pid_prod"
 timeout 300 rm -rf "$mnt/prod"
 [ ! -e "$mnt/prod" ] || fail "$mnt/prod still exists"
-timeout 60 pgbench -c 4 -j 2 -T 5 -h 127.0.0.1 -p "$port_test" -U postgres postgres >"$dir/pgbench-test.log" 2>&1 ||
+timeout 60 pgbench -c 4 -j 2 -T 5 -h "$sock" -p "$port_test" -U postgres postgres >"$dir/pgbench-test.log" 2>&1 ||
   fail "pgbench on test after prod's deletion failed: $(tail -n 5 "$dir/pgbench-test.log")"
 tps_test=$(awk '/^tps/ { printf "%.0f", $3; exit }' "$dir/pgbench-test.log")
 echo "test after prod's deletion: $tps_test tps (pgbench -c 4 -T 5)"
-timeout 600 pg_amcheck -h 127.0.0.1 -p "$port_test" -U postgres --all --heapallindexed ||
+timeout 600 pg_amcheck -h "$sock" -p "$port_test" -U postgres --all --heapallindexed ||
   fail "pg_amcheck on test after prod's deletion found problems"
 echo "pg_amcheck --all --heapallindexed on test: clean"
 n_after=$(q "$port_test" -c "SELECT count(*) FROM ledger")
