@@ -2562,6 +2562,9 @@ fn clones_are_right_through_the_kernel_caches() {
     fs::write(prod.join("f"), b"old").unwrap();
     fs::write(prod.join("d/g"), b"gee").unwrap();
     std::os::unix::fs::symlink("f", prod.join("l")).unwrap();
+    fs::write(prod.join("a"), b"linked").unwrap();
+    fs::hard_link(prod.join("a"), prod.join("d/b")).unwrap();
+    assert_eq!(fs::read(prod.join("d/b")).unwrap(), b"linked");
     // Everything read (and so cached) before the clone.
     assert_eq!(fs::read(prod.join("f")).unwrap(), b"old");
     assert_eq!(fs::metadata(prod.join("d/g")).unwrap().len(), 3);
@@ -2589,6 +2592,21 @@ fn clones_are_right_through_the_kernel_caches() {
     assert!(fs::symlink_metadata(clone.join("l")).is_ok());
     assert!(fs::symlink_metadata(clone.join("l2")).is_err());
     assert_eq!(fs::read(prod.join("f")).unwrap(), b"new and longer");
+    // Hard links: both names of the clone's inode keep the old bytes after a
+    // write through one name in the source; the clone's pair stays one inode.
+    assert_eq!(fs::read(clone.join("a")).unwrap(), b"linked");
+    fs::write(prod.join("d/b"), b"LINKED").unwrap();
+    assert_eq!(fs::read(prod.join("a")).unwrap(), b"LINKED");
+    assert_eq!(fs::read(clone.join("a")).unwrap(), b"linked");
+    assert_eq!(fs::read(clone.join("d/b")).unwrap(), b"linked");
+    let (ka, kb) = (
+        fs::metadata(clone.join("a")).unwrap(),
+        fs::metadata(clone.join("d/b")).unwrap(),
+    );
+    assert_eq!((ka.ino(), ka.nlink()), (kb.ino(), 2));
+    fs::write(clone.join("a"), b"in the clone").unwrap();
+    assert_eq!(fs::read(clone.join("d/b")).unwrap(), b"in the clone");
+    assert_eq!(fs::read(prod.join("d/b")).unwrap(), b"LINKED");
     // And the other way: the clone's writes stay in the clone.
     fs::write(clone.join("f"), b"clone").unwrap();
     assert_eq!(fs::read(prod.join("f")).unwrap(), b"new and longer");
