@@ -1,17 +1,614 @@
 #!/usr/bin/env bash
-# clonefs benchmarks: builds in release mode and prints a table of figures measured in this run,
-# each beside its target. Usage: scripts/bench.sh [--quick] [DIR]  (DIR: where stores go; default /var/tmp)
+# clonefs against native and peers: fio (native dir, bindfs, clonefs), pgbench, clone time, lineage reads beside a qcow2 chain,
+# space, engine; installs what is missing, prints one table (ratios to native, PASS/MISS). Usage: scripts/bench.sh [--quick] [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-quick=()
-dir=/var/tmp
+root=$PWD
+
+quick=0
+dir=/var/tmp # the native directory: stores, mounts, the qcow2 chain and the native side all live on its disk
 for a in "$@"; do
   case "$a" in
-    --quick) quick=(--quick) ;;
+    --quick) quick=1 ;;
     -h | --help) sed -n '2,3p' "$0"; exit 0 ;;
     *) dir=$a ;;
   esac
 done
-cargo build --release -q --example engine_bench
-echo "== engine: clone time, lineage reads, space (no mount) =="
-timeout 1200 target/release/examples/engine_bench "${quick[@]}" "$dir"
+if ((quick)); then
+  fio_size=256M fio_rt=1 pg_secs=10 clone_sizes=(64 256 1024) many=1000 lin_mib=64
+else
+  fio_size=1G fio_rt=4 pg_secs=30 clone_sizes=(64 1024 8192) many=10000 lin_mib=256
+fi
+depths=(1 16 64 256)
+pg_scale=10
+started=$SECONDS
+
+say() { printf '== bench [%3ds]: %s\n' $((SECONDS - started)) "$*" >&2; }
+fail() { echo "bench: FAIL: $*" >&2; exit 1; }
+
+# ---- tools --------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || fail "run as root (drops the page cache, mounts, runs PostgreSQL as user postgres)"
+install_pkgs() { # apt-get install, with an update first only if that fails
+  export DEBIAN_FRONTEND=noninteractive
+  say "installing $*"
+  timeout 900 apt-get install -y -qq "$@" >/dev/null ||
+    { timeout 600 apt-get update -qq && timeout 900 apt-get install -y -qq "$@" >/dev/null; }
+}
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true; }
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v bindfs >/dev/null || need+=(bindfs)
+{ command -v qemu-img && command -v qemu-io; } >/dev/null || need+=(qemu-utils)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v python3 >/dev/null || need+=(python3)
+pgbin=$(pg_bin)
+for t in initdb postgres pgbench pg_isready psql; do [ -n "$pgbin" ] && [ -x "$pgbin/$t" ] || need+=(postgresql); done
+((${#need[@]} == 0)) || install_pkgs $(printf '%s\n' "${need[@]}" | sort -u)
+pgbin=$(pg_bin)
+[ -n "$pgbin" ] && [ -x "$pgbin/pgbench" ] || fail "no PostgreSQL server binaries after installing postgresql"
+id postgres >/dev/null || fail "no user postgres after installing postgresql"
+[ -e /dev/fuse ] || fail "/dev/fuse is missing"
+export PATH=$pgbin:$PATH
+can_drop=1
+[ -w /proc/sys/vm/drop_caches ] || { can_drop=0; say "WARNING: cannot write /proc/sys/vm/drop_caches: 'cold' reads may come from the page cache"; }
+
+say "building (cargo build --release)"
+timeout 1200 cargo build --release -q --bin clonefs --example engine_bench
+bin=$root/target/release/clonefs
+
+# ---- scratch dir, cleanup -------------------------------------------------------------
+mkdir -p "$dir"
+work=$(mktemp -d "$(realpath "$dir")/clonefs-bench.XXXXXX")
+chmod 755 "$work" # the PostgreSQL servers run as postgres and must reach below it
+rows=$work/rows.tsv
+: >"$rows"
+export BENCH_ROWS=$rows BENCH_CLONEFS=$bin
+py=$work/bench.py
+mounts=()  # "clonefs MNT" or "bindfs MNT": everything this run mounted
+servers=() # PIDs of the postmasters this run started
+stop_server() { # PID: fast shutdown, then immediate, then SIGKILL; only PIDs this run started
+  local pid=$1 sig i
+  for sig in INT QUIT KILL; do
+    kill -"$sig" "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 60; i++)); do
+      kill -0 "$pid" 2>/dev/null || return 0
+      sleep 0.5
+    done
+  done
+}
+cleanup() {
+  local rc=$? m kind p
+  set +e
+  trap - EXIT TERM INT
+  for p in "${servers[@]}"; do stop_server "$p"; done
+  for m in "${mounts[@]}"; do
+    kind=${m%% *} m=${m#* }
+    grep -q " $m " /proc/mounts || continue
+    if [ "$kind" = clonefs ]; then
+      timeout 120 "$bin" umount "$m" >/dev/null || timeout 20 fusermount3 -uz "$m"
+    else
+      timeout 20 fusermount3 -u "$m" || timeout 20 fusermount3 -uz "$m"
+    fi
+  done
+  if [ "$rc" != 0 ]; then
+    echo "bench: failed (exit $rc); the last lines of each log:" >&2
+    for f in "$work"/*.log "$work"/*.err; do [ -s "$f" ] && { echo "---- $f" >&2; tail -n 15 "$f" >&2; }; done
+    if [ -s "$rows" ] && [ -f "$py" ]; then
+      echo "bench: the figures measured before the failure:" >&2
+      timeout 30 python3 "$py" table "$rows" >&2
+    fi
+  fi
+  if grep -q " $work/" /proc/mounts; then
+    echo "bench: something under $work is still mounted; leaving it" >&2
+  else
+    timeout 600 rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+# ---- helpers (python3: timing in-process, fio JSON, the table) ----------------------------
+cat >"$py" <<'PYEOF'
+import json, os, shutil, socket, statistics, sys, time
+
+MIB = 1 << 20
+
+def row(kind, rid, label, native="", peer_name="", peer="", clonefs="", target="", spec=""):
+    with open(os.environ["BENCH_ROWS"], "a") as f:
+        f.write("\t".join(str(x) for x in (kind, rid, label, native, peer_name, peer, clonefs, target, spec)) + "\n")
+
+def used_mib(mnt):
+    v = os.statvfs(mnt)  # what `stat -f` shows: used = blocks - free
+    return (v.f_blocks - v.f_bfree) * v.f_frsize / MIB
+
+def settle(path):
+    """fsync commits; the second and third let reference drops of the first land."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(3):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def timed_mkdir(path):
+    t = time.perf_counter()
+    os.mkdir(path)
+    return (time.perf_counter() - t) * 1e3
+
+def write_file(path, mib):
+    chunk = os.urandom(MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(mib):
+            os.write(fd, chunk[i % 251:] + chunk[:i % 251])  # every MiB differs
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def cmd_fio(path, kind):
+    text = open(path).read()
+    j = json.loads(text[text.index("{"):])
+    job = j["jobs"][0][kind]
+    print(f'{job["bw_bytes"] / MIB:.3f} {job["iops"]:.3f}')
+
+def cmd_port(start):
+    for p in range(int(start), int(start) + 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                print(p)
+                return
+            except OSError:
+                pass
+    sys.exit("no free port")
+
+def cmd_readrate(path):
+    fd = os.open(path, os.O_RDONLY)
+    n = 0
+    t = time.perf_counter()
+    while True:
+        b = os.read(fd, MIB)
+        if not b:
+            break
+        n += len(b)
+    secs = time.perf_counter() - t
+    os.close(fd)
+    print(f"{n / MIB / secs:.3f}")
+
+def cmd_qemurate():
+    # qemu-io: "256 MiB, 1 ops; 00.27 sec (938.156 MiB/sec and 3.6 ops/sec)": its own timing of the read
+    import re
+    text = sys.stdin.read()
+    m = re.search(r"\(([\d.]+) (bytes|KiB|MiB|GiB|TiB)/sec", text)
+    if not m:
+        sys.exit("no rate in the qemu-io output: " + text[-300:])
+    scale = {"bytes": 1 / MIB, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "TiB": 1024 * 1024}[m.group(2)]
+    print(f"{float(m.group(1)) * scale:.3f}")
+
+def cmd_median(*xs):
+    print(f"{statistics.median(float(x) for x in xs):.6g}")
+
+def cmd_used(mnt):
+    print(f"{used_mib(mnt):.3f}")
+
+def logical_mib(mnt):
+    """Sum of every cluster's logical bytes (clonefs status --json): what full copies take natively."""
+    import subprocess
+    doc = subprocess.run([os.environ["BENCH_CLONEFS"], "status", mnt, "--json"], check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    return sum(c["logical"] for c in json.loads(doc)["clusters"]) / MIB
+
+def cmd_clones(mnt, native_dir, many, *sizes):
+    """Clone time against data size (median of 5), space around the largest's clones, the many-th clone."""
+    many = int(many)
+    sizes = [int(s) for s in sizes]
+    nat = statistics.median(timed_mkdir(os.path.join(native_dir, f"mkdir{i}")) for i in range(5))
+    first = f"d{sizes[0]}"
+    big = sizes[-1]
+    clones, space = [], []
+    for s in sizes:
+        src = f"d{s}"
+        os.mkdir(os.path.join(mnt, src))
+        data = os.path.join(mnt, src, "data")
+        t = time.perf_counter()
+        write_file(data, s)
+        print(f"wrote {s} MiB into cluster {src} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        if s == big:
+            settle(data)
+            space.append(("before cloning it", logical_mib(mnt), used_mib(mnt)))
+        times = []
+        for k in range(1, 6):
+            settle(data)
+            times.append(timed_mkdir(os.path.join(mnt, src, ".clone", f"{src}c{k}")))
+            if s == big:
+                settle(data)
+                space.append((f"after clone {k}", logical_mib(mnt), used_mib(mnt)))
+        spec = "lt=10"
+        target = "< 10 ms"
+        if s != sizes[0]:
+            spec += f"&le_row=clone{sizes[0]}*2"
+            target += f"; <= 2x the {sizes[0]} MiB clone"
+        clones.append((f"clone{s}", f"clone of a {s:,} MiB cluster, ms, median of 5", f"{nat:.6f}", "", "",
+                       f"{statistics.median(times):.6f}", target, spec))
+    src = f"d{big}"
+    clone = os.path.join(mnt, f"{src}c1", "data")
+    pages = big * MIB // 4096
+    chunk = os.urandom(4096)
+    fd = os.open(clone, os.O_WRONLY)
+    for k in range(pages // 100):
+        os.pwrite(fd, chunk, ((k * 100 + 37) % pages) * 4096)
+    os.fsync(fd)
+    os.close(fd)
+    settle(clone)
+    space.append(("after rewriting 1% of clone 1's pages", logical_mib(mnt), used_mib(mnt)))
+    shutil.rmtree(os.path.join(mnt, src))
+    settle(clone)
+    space.append(("after deleting the source (its clones stay)", logical_mib(mnt), used_mib(mnt)))
+    # The many-th clone of the same (first, smallest) cluster against its first (median of clones 1-5).
+    data = os.path.join(mnt, first, "data")
+    t = time.perf_counter()
+    times = []
+    for k in range(6, many + 1):
+        path = os.path.join(mnt, first, ".clone", f"{first}c{k}")
+        if k > many - 5:
+            settle(data)
+            times.append(timed_mkdir(path))
+        else:
+            os.mkdir(path)
+    print(f"made {many} clones of {first} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    clones.append(("clone_many", f"clone #{many:,} of the {sizes[0]} MiB cluster, ms, median of #{many - 4:,}-#{many:,}",
+                   f"{nat:.6f}", "", "", f"{statistics.median(times):.6f}", f"<= 2x clone #1 (median of #1-#5)",
+                   f"le_row=clone{sizes[0]}*2"))
+    row("S", "", "clone time: os.mkdir of CLUSTER/.clone/NAME timed in-process; native = a plain os.mkdir in the native dir (median of 5)")
+    for r in clones:
+        row("R", *r)
+    row("S", "", f"store space, MiB: used from statvfs of the mount (stat -f); native = every cluster a full copy "
+        f"(sum of logical bytes, clonefs status --json); the {big:,} MiB cluster's clones")
+    for k, (what, logical, used) in enumerate(space):
+        target, spec = "", ""
+        if what.startswith("after clone"):
+            target, spec = "+ < 1 MiB per clone", f"delta_lt=space{k - 1}:1"
+        elif "rewriting" in what:
+            target, spec = "+ 1% to 1.5% of the data", f"delta_in=space{k - 1}:{big * 0.01:.3f}:{big * 0.015:.3f}"
+        row("R", f"space{k}", f"store used {what}", f"{logical:.3f}", "", "", f"{used:.3f}", target, spec)
+
+def cmd_lineage(mnt, mib, depth):
+    """Cluster l0 holds a file; l(i) is a clone of l(i-1) that rewrote one page."""
+    mib, depth = int(mib), int(depth)
+    os.mkdir(os.path.join(mnt, "l0"))
+    write_file(os.path.join(mnt, "l0", "data"), mib)
+    pages = mib * MIB // 4096
+    for i in range(1, depth + 1):
+        os.mkdir(os.path.join(mnt, f"l{i - 1}", ".clone", f"l{i}"))
+        fd = os.open(os.path.join(mnt, f"l{i}", "data"), os.O_WRONLY)
+        os.pwrite(fd, os.urandom(4096), (i * 7919 % pages) * 4096)
+        os.close(fd)
+    settle(os.path.join(mnt, f"l{depth}", "data"))
+
+def cmd_engine(path):
+    """The engine benchmark's rows: label, figure, target (PASS/MISS (target) or -)."""
+    import re
+    for line in open(path).read().splitlines()[1:]:
+        parts = re.split(r"\s{2,}", line.strip())
+        if len(parts) < 3:
+            continue
+        label, fig, tgt = parts[0], parts[1], "  ".join(parts[2:])
+        m = re.match(r"(PASS|MISS) \((.*)\)$", tgt)
+        verdict, tgt = (m.group(1), m.group(2)) if m else ("", tgt)
+        row("E", "", "engine: " + label, "", "", "", fig, tgt, verdict)
+
+def num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+def fmt(x):
+    if x is None:
+        return "-"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+def ratio(x, n):
+    if x is None or not n:
+        return "-"
+    r = x / n
+    return f"{r:.2f}x" if r >= 0.01 else f"{r:.2g}x"
+
+def verdict(spec, c, n, p, vals):
+    if not spec:
+        return ""
+    if c is None:
+        return "MISS (no figure)"
+    ok, notes = True, []
+    for s in spec.split("&"):
+        op, arg = s.split("=", 1)
+        if op == "ratio_ge":
+            if not n:
+                return "MISS (no native figure)"
+            ok &= c / n >= float(arg)
+        elif op == "ge_peer":
+            if p is None:
+                return "MISS (no peer figure)"
+            ok &= c >= p
+            notes.append(f"{c / p:.2f}x bindfs")
+        elif op == "lt":
+            ok &= c < float(arg)
+        elif op in ("le_row", "ge_row"):
+            rid, k = arg.split("*")
+            ref = num(vals[rid][6])
+            ok &= c <= float(k) * ref if op == "le_row" else c >= float(k) * ref
+            notes.append(f"{c / ref:.2f}x")
+        elif op == "delta_lt":
+            rid, k = arg.split(":")
+            d = c - num(vals[rid][6])
+            ok &= d < float(k)
+            notes.append(f"{d:+.3f} MiB")
+        elif op == "delta_in":
+            rid, a, b = arg.split(":")
+            d = c - num(vals[rid][6])
+            ok &= float(a) <= d <= float(b)
+            notes.append(f"{d:+.1f} MiB")
+    return ("PASS" if ok else "MISS") + (f" ({', '.join(notes)})" if notes else "")
+
+def cmd_table(path):
+    rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    vals = {r[1]: r for r in rows if r[0] == "R"}
+    head = ["measurement", "native", "peer", "peer/nat", "clonefs", "clonefs/nat", "target", "result"]
+    out = []
+    for r in rows:
+        kind, rid, label, native, peer_name, peer, cf, target, spec = (r + [""] * 9)[:9]
+        if kind == "S":
+            out.append(label)
+            continue
+        if kind == "E":
+            out.append([label, "-", "-", "-", cf, "-", target or "-", spec])
+            continue
+        n, p, c = num(native), num(peer), num(cf)
+        out.append([label, fmt(n), f"{peer_name} {fmt(p)}" if peer_name else "-", ratio(p, n) if peer_name else "-",
+                    fmt(c), ratio(c, n), target or "-", verdict(spec, c, n, p, vals)])
+    w = [max(len(x[i]) for x in [head] + [o for o in out if isinstance(o, list)]) for i in range(len(head))]
+    right = {1, 2, 3, 4, 5}
+    def line(cols):
+        return "  ".join(c.rjust(w[i]) if i in right else c.ljust(w[i]) for i, c in enumerate(cols)).rstrip()
+    print(line(head))
+    print("-" * len(line(head)))
+    for o in out:
+        print(o if isinstance(o, str) else line(o))
+    n_pass = sum(1 for o in out if isinstance(o, list) and o[7].startswith("PASS"))
+    n_miss = sum(1 for o in out if isinstance(o, list) and o[7].startswith("MISS"))
+    print(f"\n{n_pass} PASS, {n_miss} MISS")
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
+PYEOF
+pyrun() { timeout "${PYTIMEOUT:-900}" python3 "$py" "$@"; } # the only way the helper runs: with a timeout
+section() { printf 'S\t\t%s\n' "$*" >>"$rows"; }
+row() { local IFS=$'\t'; printf '%s\n' "R	$*" >>"$rows"; } # ID LABEL NATIVE PEER_NAME PEER CLONEFS TARGET SPEC
+
+mount_clonefs() { # STORE MNT
+  mkdir -p "$2"
+  mounts+=("clonefs $2")
+  timeout 120 "$bin" mount "$1" "$2" --allow-other --log "$1.log" >/dev/null
+  grep -q " $2 " /proc/mounts || fail "clonefs mount returned but $2 is not mounted"
+}
+umount_clonefs() { timeout 120 "$bin" umount "$1" >/dev/null || timeout 20 fusermount3 -uz "$1"; }
+drop_caches() {
+  timeout 300 sync
+  ((can_drop)) && echo 3 >/proc/sys/vm/drop_caches
+  return 0
+}
+# cold KIND MNT [STORE]: before a cold read. The clonefs daemon reads its store through a shared
+# mapping, and drop_caches never evicts mapped pages, so a clonefs mount is remounted first.
+cold() {
+  if [ "$1" = clonefs ]; then
+    umount_clonefs "$2"
+    mount_clonefs "$3" "$2"
+  fi
+  drop_caches
+}
+
+# ---- 1. fio: native directory, bindfs of it, clonefs cluster -------------------------------
+say "fio: ${fio_size} per job, ${fio_rt} s per run, on a native dir, a bindfs of another and a clonefs cluster"
+native=$work/native
+bsrc=$work/bindfs-src # bindfs gets its own native files: reading the native side's would find them freshly cached below the VM
+mkdir -p "$native/fio" "$bsrc/fio"
+bmnt=$work/bindfs-mnt
+mkdir -p "$bmnt"
+mounts+=("bindfs $bmnt")
+timeout 60 bindfs --multithreaded "$bsrc" "$bmnt"
+grep -q " $bmnt " /proc/mounts || fail "bindfs returned but $bmnt is not mounted"
+fstore=$work/fio.clonefs
+fmnt=$work/fio-mnt
+timeout 60 "$bin" mkfs "$fstore" --size 64G >/dev/null
+mount_clonefs "$fstore" "$fmnt"
+timeout 30 mkdir "$fmnt/fio"
+declare -A fdir=([native]=$native/fio [bindfs]=$bmnt/fio [clonefs]=$fmnt/fio)
+fio_common=(--name=bench --ioengine=psync --direct=0 --fallocate=none --group_reporting --size="$fio_size" --output-format=json)
+# Lay out four files per place (one per job; numjobs 1 uses the first); bindfs's directly below it.
+for d in "$native/fio" "$bsrc/fio" "$fmnt/fio"; do
+  say "fio: laying out 4 x $fio_size in $d"
+  timeout 1200 fio "${fio_common[@]}" --directory="$d" --rw=read --bs=1M --numjobs=4 --create_only=1 \
+    --output="$work/fio.json" 2>>"$work/fio.err"
+done
+section "fio (psync, buffered, ${fio_size} file per job, ${fio_rt} s runs, reads from a dropped page cache); native = a directory in $dir, peer = bindfs --multithreaded of another, clonefs = a cluster on a store there"
+# fio_job ID LABEL KIND(read|write) FIELD(mib|iops) TARGET SPEC FIO-ARGS...
+fio_job() {
+  local id=$1 label=$2 kind=$3 field=$4 target=$5 spec=$6 t mib iops out
+  shift 6
+  declare -A got=()
+  # the three places take turns going first, so that none always follows the same one
+  local targets=(native bindfs clonefs native bindfs)
+  targets=("${targets[@]:$((fio_turn++ % 3)):3}")
+  for t in "${targets[@]}"; do
+    if [ "$kind" = read ]; then cold "$t" "$fmnt" "$fstore"; else timeout 300 sync; fi
+    say "fio: $label on $t"
+    timeout $((fio_rt * 10 + 300)) fio "${fio_common[@]}" --directory="${fdir[$t]}" "$@" \
+      --output="$work/fio.json" 2>>"$work/fio.err"
+    out=$(pyrun fio "$work/fio.json" "$kind")
+    read -r mib iops <<<"$out"
+    if [ "$field" = mib ]; then got[$t]=$mib; else got[$t]=$iops; fi
+  done
+  row "$id" "$label" "${got[native]}" bindfs "${got[bindfs]}" "${got[clonefs]}" "$target" "$spec"
+}
+tb=(--time_based --runtime="$fio_rt")
+fio_turn=0
+for nj in 1 4; do
+  jobs="$nj job$([ "$nj" = 1 ] || echo s)"
+  fio_job "sw$nj" "fio seq write 1 MiB, $jobs, MiB/s" write mib ">= 0.8x native" ratio_ge=0.8 \
+    --rw=write --bs=1M --numjobs="$nj" "${tb[@]}"
+  # one pass over each file (capped at the run time), so the reads come from the disk, not from a wrapped-around cache
+  fio_job "sr$nj" "fio seq read 1 MiB, $jobs, MiB/s" read mib ">= 0.8x native" ratio_ge=0.8 \
+    --rw=read --bs=1M --numjobs="$nj" --runtime="$fio_rt"
+  fio_job "rr$nj" "fio rand read 4 KiB, $jobs, IOPS" read iops ">= bindfs" ge_peer=1 \
+    --rw=randread --bs=4k --numjobs="$nj" "${tb[@]}"
+  fio_job "rw$nj" "fio rand write 4 KiB, $jobs, IOPS" write iops ">= bindfs" ge_peer=1 \
+    --rw=randwrite --bs=4k --numjobs="$nj" "${tb[@]}"
+  fio_job "rs$nj" "fio rand write 4 KiB + fdatasync, $jobs, IOPS" write iops ">= 0.7x native" ratio_ge=0.7 \
+    --rw=randwrite --bs=4k --fdatasync=1 --numjobs="$nj" "${tb[@]}"
+done
+timeout 60 fusermount3 -u "$bmnt"
+umount_clonefs "$fmnt"
+timeout 600 rm -rf "$native/fio" "$bsrc" "$fstore"
+
+# ---- 2. pgbench: data directory native vs on a clonefs cluster --------------------------------
+say "pgbench: scale $pg_scale, 4 clients, $pg_secs s, native vs clonefs"
+sock=$work/sock
+mkdir -p "$sock"
+chown postgres: "$sock"
+pg_pid=
+start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock
+  local name=$1 data=$2 port=$3 i
+  (cd / && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 >"$work/server-$name.log" 2>&1) &
+  pg_pid=$!
+  servers+=("$pg_pid")
+  for ((i = 0; i < 240; i++)); do
+    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
+    kill -0 "$pg_pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
+    sleep 0.5
+  done
+  fail "the $name server is not ready after 120 s"
+}
+stop_started() { stop_server "$pg_pid"; servers=(); }
+port=$(pyrun port 55480)
+pgn=$work/pg-native
+mkdir -p "$pgn"
+chown postgres: "$pgn"
+chmod 700 "$pgn"
+timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+  initdb -D "$pgn" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/initdb.log" 2>&1 ||
+  fail "initdb failed: $(tail -n 5 "$work/initdb.log")"
+start_server native-init "$pgn" "$port"
+say "pgbench -i -s $pg_scale (native; the clonefs side gets a copy of the same files)"
+timeout 900 pgbench -i -s "$pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/pgbench-init.log" 2>&1 ||
+  fail "pgbench -i failed: $(tail -n 5 "$work/pgbench-init.log")"
+timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
+stop_started
+pstore=$work/pg.clonefs
+pmnt=$work/pg-mnt
+timeout 60 "$bin" mkfs "$pstore" --size 16G >/dev/null
+mount_clonefs "$pstore" "$pmnt"
+timeout 30 mkdir "$pmnt/pg"
+timeout 600 cp -a "$pgn" "$pmnt/pg/data"
+declare -A tps=()
+for t in native clonefs; do
+  if [ "$t" = native ]; then data=$pgn; else data=$pmnt/pg/data; fi
+  cold "$t" "$pmnt" "$pstore"
+  start_server "$t" "$data" "$port"
+  say "pgbench -c 4 -j 2 -T $pg_secs on $t"
+  timeout $((pg_secs + 300)) pgbench -c 4 -j 2 -T "$pg_secs" -h 127.0.0.1 -p "$port" -U postgres postgres \
+    >"$work/pgbench-$t.log" 2>&1 || fail "pgbench on $t failed: $(tail -n 5 "$work/pgbench-$t.log")"
+  tps[$t]=$(awk '/^tps/ { print $3; exit }' "$work/pgbench-$t.log")
+  stop_started
+done
+section "pgbench (PostgreSQL $(basename "$(dirname "$pgbin")"), scale $pg_scale, 4 clients, $pg_secs s); native = data directory in $dir, clonefs = on a cluster (a copy of the same files)"
+row pg "pgbench -c 4 -j 2, tps" "${tps[native]}" "" "" "${tps[clonefs]}" ">= 0.7x native" ratio_ge=0.7
+umount_clonefs "$pmnt"
+timeout 600 rm -rf "$pgn" "$pstore"
+
+# ---- 3. clone time against size, space around a clone, the many-th clone ---------------------------
+say "clones: ${clone_sizes[*]} MiB clusters, 5 clones each, then clone #$many of the first"
+cstore=$work/clone.clonefs
+cmnt=$work/clone-mnt
+timeout 60 "$bin" mkfs "$cstore" --size 64G >/dev/null
+mount_clonefs "$cstore" "$cmnt"
+mkdir -p "$native/mkdir"
+PYTIMEOUT=1800 pyrun clones "$cmnt" "$native/mkdir" "$many" "${clone_sizes[@]}"
+umount_clonefs "$cmnt"
+timeout 600 rm -rf "$cstore" "$native/mkdir"
+
+# ---- 4. lineage: reads through clone depth, beside a qcow2 backing chain --------------------------
+maxd=${depths[-1]}
+say "lineage: $lin_mib MiB file through clone depths ${depths[*]} and a qcow2 chain as deep"
+lstore=$work/lineage.clonefs
+lmnt=$work/lineage-mnt
+timeout 60 "$bin" mkfs "$lstore" --size 16G >/dev/null
+mount_clonefs "$lstore" "$lmnt"
+pyrun lineage "$lmnt" "$lin_mib" "$maxd"
+qdir=$work/qcow2
+mkdir -p "$qdir"
+nfile=$native/lineage.dat
+timeout 300 head -c "${lin_mib}M" /dev/urandom >"$nfile"
+timeout 300 qemu-img convert -f raw -O qcow2 "$nfile" "$qdir/L0.qcow2"
+# Each overlay rewrites one 4 KiB page too. The write runs with the backing file detached, so no
+# layer opens the whole chain below it (the rest of that 64 KiB qcow2 cluster reads as zeros).
+for ((i = 1; i <= maxd; i++)); do
+  timeout 60 qemu-img create -q -f qcow2 -u -b "L$((i - 1)).qcow2" -F qcow2 "$qdir/L$i.qcow2" "${lin_mib}M"
+  timeout 60 qemu-io -c "write -q -P $((i % 255 + 1)) $(((i * 7919 % (lin_mib * 256)) * 4096)) 4k" \
+    "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"$qdir/L$i.qcow2\"},\"backing\":null}" >/dev/null
+done
+[ "$(timeout 120 qemu-img info --backing-chain "$qdir/L$maxd.qcow2" | grep -c '^image:')" = $((maxd + 1)) ] ||
+  fail "the qcow2 chain is not $maxd overlays deep"
+declare -A lr=() qr=()
+nr=()
+for rep in 1 2 3; do
+  drop_caches
+  nr+=("$(pyrun readrate "$nfile")")
+  for d in "${depths[@]}"; do
+    cold clonefs "$lmnt" "$lstore"
+    lr[$d]+=" $(pyrun readrate "$lmnt/l$d/data")"
+    drop_caches
+    qr[$d]+=" $(timeout 600 qemu-io -f qcow2 -r -c "read 0 ${lin_mib}M" "$qdir/L$d.qcow2" | pyrun qemurate)"
+  done
+done
+section "lineage: read a $lin_mib MiB file, page cache dropped, MiB/s, median of 3; native = the file in $dir, peer = qemu-io read through a qcow2 chain as deep"
+nmed=$(pyrun median "${nr[@]}")
+for d in "${depths[@]}"; do
+  target="" spec=""
+  [ "$d" = "$maxd" ] && target="within 10% of depth ${depths[0]}" spec="ge_row=lin${depths[0]}*0.9"
+  # shellcheck disable=SC2086 # the lists are space-separated numbers
+  row "lin$d" "read at clone depth $d" "$nmed" qcow2 "$(pyrun median ${qr[$d]})" \
+    "$(pyrun median ${lr[$d]})" "$target" "$spec"
+done
+umount_clonefs "$lmnt"
+timeout 600 rm -rf "$lstore" "$qdir" "$nfile"
+
+# ---- 5. engine (in-process, no mount) -------------------------------------------------------------
+say "engine benchmark (examples/engine_bench.rs)"
+eng_args=()
+((quick)) && eng_args=(--quick)
+timeout 1200 target/release/examples/engine_bench "${eng_args[@]}" "$work" >"$work/engine.out"
+section "engine (in-process, no mount: no native counterpart)"
+pyrun engine "$work/engine.out"
+
+# ---- the table -------------------------------------------------------------------------------------
+mode=full
+((quick)) && mode=quick
+echo
+echo "clonefs benchmarks ($mode run, $(date '+%Y-%m-%d %H:%M'), $(nproc) cores, native dir: $dir on $(findmnt -no FSTYPE -T "$dir"))"
+echo "peer/nat and clonefs/nat: each figure over the native figure of the same row, measured in this run"
+echo
+pyrun table "$rows"
+echo
+echo "bench: took $((SECONDS - started)) s"
