@@ -390,7 +390,7 @@ impl CloneFs {
     fn attr_of(&self, node: Node) -> Result<FileAttr, Error> {
         match node {
             Node::Root => {
-                let n = self.vol.clusters().len() as u32;
+                let n = self.vol.cluster_count() as u32;
                 Ok(self.virtual_attr(node, FileType::Directory, 0o755, 2 + n))
             }
             Node::Status => Ok(self.virtual_attr(node, FileType::RegularFile, 0o444, 1)),
@@ -718,7 +718,10 @@ impl Filesystem for CloneFs {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The volume drops setuid/setgid itself, so the kernel need not ask
+            // for security.capability before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let granted = wanted & config.capabilities();
         if config.add_capabilities(granted).is_err() {
             warn!("the kernel refused capabilities {granted:?}");
@@ -726,7 +729,7 @@ impl Filesystem for CloneFs {
         info!(
             "serving {} ({} clusters), kernel FUSE ABI {:?}",
             self.vol.path().display(),
-            self.vol.clusters().len(),
+            self.vol.cluster_count(),
             config.kernel_abi()
         );
         Ok(())
@@ -765,7 +768,7 @@ impl Filesystem for CloneFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -794,6 +797,9 @@ impl Filesystem for CloneFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             ctime,
+            // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us; root
+            // stands for CAP_FSETID.
+            kill_suidgid: size.is_some() && req.uid() != 0,
         };
         match self.vol.setattr(c, i, &sa) {
             Ok(a) => reply.attr(&TTL, &self.file_attr(n, &a)),
@@ -1085,14 +1091,24 @@ impl Filesystem for CloneFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
-        match self.vol.write(c, i, offset, data) {
+        let kill = SetAttr {
+            kill_suidgid: true,
+            ..SetAttr::default()
+        };
+        match self.vol.write(c, i, offset, data).and_then(|n| {
+            // FUSE_HANDLE_KILLPRIV_V2: the kernel asks us to drop setuid/setgid.
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                self.vol.setattr(c, i, &kill)?;
+            }
+            Ok(n)
+        }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(self.fail("write", Node::File(c, i), e)),
         }

@@ -285,6 +285,9 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub ctime: Option<SystemTime>,
+    /// Drop setuid, and setgid where group-executable, as a write or truncate by
+    /// a caller without CAP_FSETID does.
+    pub kill_suidgid: bool,
 }
 
 #[cfg(test)]

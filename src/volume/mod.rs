@@ -879,6 +879,10 @@ impl Volume {
             .collect()
     }
 
+    pub fn cluster_count(&self) -> usize {
+        self.catalog.read().unwrap().by_id.len()
+    }
+
     pub fn cluster_by_name(&self, name: &str) -> Result<ClusterInfo> {
         let cat = self.catalog.read().unwrap();
         cat.by_name
@@ -983,6 +987,20 @@ impl Volume {
             if let Some(p) = sa.perm {
                 i.perm = p & 0o7777;
                 i.ctime = now;
+            }
+            // A change of owner drops setuid and setgid from a file, whoever
+            // makes it (as Linux's chown does); a write or truncate by a caller
+            // without CAP_FSETID drops them too.
+            let chown = (sa.uid.is_some() || sa.gid.is_some()) && i.kind != Kind::Dir;
+            if sa.kill_suidgid || chown {
+                let mut p = i.perm & !libc::S_ISUID;
+                if p & libc::S_IXGRP != 0 {
+                    p &= !libc::S_ISGID;
+                }
+                if p != i.perm {
+                    i.perm = p;
+                    i.ctime = now;
+                }
             }
             if let Some(u) = sa.uid {
                 i.uid = u;
