@@ -1584,6 +1584,18 @@ impl Volume {
         reserve: bool,
     ) -> Result<(usize, bool)> {
         let ps = self.eng.ps as u64;
+        // Overwriting pages that belong to this file alone needs no change to its
+        // map: write them in place without copying the map's path (which would
+        // happen once per commit epoch for every leaf a database rewrites).
+        if self.private_path(*t, idx)? {
+            let old = self.map_range(*t, idx, npages)?;
+            if old
+                .iter()
+                .all(|p| !p.is_none() && self.eng.store.refcount(*p) == 1)
+            {
+                return self.write_pages(&old, idx, pos, data).map(|n| (n, false));
+            }
+        }
         let (leaf, slot0) = self.eng.cow_path(t, NodeKind::RadixData, idx, reserve)?;
         let old = self.map_range(*t, idx, npages)?;
         // Which pages need a fresh page: holes and shared pages.
@@ -1608,9 +1620,7 @@ impl Volume {
         let mut done = 0usize;
         let mut targets = Vec::with_capacity(npages as usize);
         for k in 0..npages as usize {
-            let page_start = (idx + k as u64) * ps;
-            let lo = (pos.max(page_start) - page_start) as usize;
-            let hi = ((pos + data.len() as u64).min(page_start + ps) - page_start) as usize;
+            let (lo, hi) = self.span_in_page(idx + k as u64, pos, data.len());
             let target = if need[k] {
                 let Some(p) = fresh.next() else { break };
                 if lo > 0 || hi < ps as usize {
@@ -1634,25 +1644,79 @@ impl Volume {
             targets.push((target, lo, hi));
             done += hi - lo;
         }
-        // Copy the bytes in, one write per physically contiguous run.
+        self.write_runs(&targets, data)?;
+        Ok((done, wanted > 0))
+    }
+
+    /// The bytes `[lo, hi)` of leaf page `page` that `len` bytes written at `pos` cover.
+    fn span_in_page(&self, page: u64, pos: u64, len: usize) -> (usize, usize) {
+        let ps = self.eng.ps as u64;
+        let start = page * ps;
+        let lo = pos.max(start) - start;
+        let hi = (pos + len as u64).min(start + ps) - start;
+        (lo as usize, hi as usize)
+    }
+
+    /// Writes `data` over the mapped pages `pages` (leaves `idx..`) in place.
+    fn write_pages(&self, pages: &[PageNo], idx: u64, pos: u64, data: &[u8]) -> Result<usize> {
+        let targets: Vec<(PageNo, usize, usize)> = pages
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let (lo, hi) = self.span_in_page(idx + k as u64, pos, data.len());
+                (*p, lo, hi)
+            })
+            .collect();
+        self.write_runs(&targets, data)?;
+        Ok(data.len())
+    }
+
+    /// Copies `data` into `(page, lo, hi)` targets in order, one write per
+    /// physically contiguous run.
+    fn write_runs(&self, targets: &[(PageNo, usize, usize)], data: &[u8]) -> Result<()> {
+        let ps = self.eng.ps;
         let mut k = 0;
         let mut off = 0usize;
         while k < targets.len() {
             let (p, lo, mut hi) = targets[k];
             let mut run = 1;
-            while k + run < targets.len()
-                && targets[k + run].0 .0 == p.0 + run as u64
-                && hi == ps as usize
-            {
+            while k + run < targets.len() && targets[k + run].0 .0 == p.0 + run as u64 && hi == ps {
                 hi = targets[k + run].2;
                 run += 1;
             }
-            let n = (run - 1) * ps as usize + hi - lo;
+            let n = (run - 1) * ps + hi - lo;
             self.eng.store.write(p, lo, &data[off..off + n])?;
             off += n;
             k += run;
         }
-        Ok((done, wanted > 0))
+        Ok(())
+    }
+
+    /// Does every node on the path to leaf `idx` of content tree `t` belong to it
+    /// alone (count 1)? The inode's record page is private (see [`Op::inode`]), so
+    /// the root's count says whether another cluster shares the tree.
+    fn private_path(&self, t: Tree, idx: u64) -> Result<bool> {
+        if t.height == 0 || idx >= self.eng.reach(t.height) {
+            return Ok(false);
+        }
+        let mut node = t.root;
+        for level in (0..t.height).rev() {
+            if self.eng.store.refcount(node) != 1 {
+                return Ok(false);
+            }
+            if level == 0 {
+                break;
+            }
+            self.eng
+                .check_node(node, NodeKind::RadixData, Some(level))?;
+            node = self
+                .eng
+                .entry(node, (idx / self.eng.span(level)) % self.eng.fanout)?;
+            if node.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Sets a file's size: unmaps whole pages past it and zeros the tail of the last.
