@@ -674,9 +674,17 @@ fn cmd_clone(mountpoint: &Path, src: &str, name: &str) -> CliResult {
     }
     match std::fs::create_dir(src_root.join(CONTROL_NAME).join(name)) {
         Ok(()) => {
+            let took = started.elapsed();
+            // A clone is durable at the next commit; fsync of its root commits now,
+            // so the command returns with the clone safe from a crash.
+            File::open(mnt.join(name))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    format!("cloned {src} as {name}, but making it durable failed: {e}")
+                })?;
             println!(
-                "cloned {src} as {name} in {} ms",
-                started.elapsed().as_millis()
+                "cloned {src} as {name} in {} ms (durable)",
+                took.as_millis()
             );
             Ok(ExitCode::SUCCESS)
         }
