@@ -2,6 +2,9 @@
 //! `scripts/db-sqlite.sh`. Each script installs its engine if missing, builds clonefs,
 //! puts a database on cluster `prod`, clones it under write load and checks the clone
 //! with the engine's own tools and a client-side ledger (see the scripts' headers).
+//! `scripts/db-postgres-crash.sh` instead kills the clonefs daemon with SIGKILL under
+//! PostgreSQL's write load, three times, and checks fsck, crash recovery, pg_amcheck,
+//! every committed ledger id and pgbench's balances after each.
 //!
 //! They need root (mount, servers running as their own users) and /dev/fuse: without
 //! either, each test says why and passes. They run one at a time, whatever
@@ -126,4 +129,9 @@ fn mariadb_on_a_cluster_clones_under_load() {
 #[test]
 fn sqlite_on_a_cluster_clones_under_load() {
     run_script("db-sqlite.sh");
+}
+
+#[test]
+fn postgres_on_a_cluster_survives_daemon_sigkills() {
+    run_script("db-postgres-crash.sh");
 }
