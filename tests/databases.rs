@@ -56,7 +56,9 @@ fn run_script(name: &str) {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
     // stderr joins stdout so that the lines keep their order.
     let mut child = Command::new("bash")
         .arg("-c")
