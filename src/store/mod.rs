@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 pub use device::{MmapDevice, PageDevice};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const MAGIC: &[u8; 8] = b"CLONEFS\0";
@@ -149,6 +149,10 @@ pub struct Store {
     refs: Vec<AtomicU32>,
     alloc: Mutex<Allocator>,
     failed: AtomicBool,
+    /// Tickets handed to callers of [`Store::sync_shared`], and the last ticket a
+    /// finished sync covers: concurrent callers share one device sync.
+    sync_tickets: AtomicU64,
+    synced: Mutex<u64>,
 }
 
 /// Free extents of the store, keyed by first page.
@@ -276,6 +280,8 @@ impl Store {
             refs: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             alloc: Mutex::new(Allocator::new(capacity)),
             failed: AtomicBool::new(false),
+            sync_tickets: AtomicU64::new(0),
+            synced: Mutex::new(0),
             dev,
         };
         Ok((store, sb))
@@ -467,6 +473,21 @@ impl Store {
     pub fn sync(&self) -> Result<()> {
         self.guard()?;
         self.note(self.dev.sync())
+    }
+
+    /// As [`Store::sync`], shared: a caller whose writes a sync that began after
+    /// them has already made durable returns without syncing again.
+    pub fn sync_shared(&self) -> Result<()> {
+        let ticket = self.sync_tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut synced = self.synced.lock().unwrap();
+        if *synced >= ticket {
+            return Ok(());
+        }
+        // This sync starts now: it covers every ticket handed out so far.
+        let covers = self.sync_tickets.load(Ordering::Acquire);
+        self.sync()?;
+        *synced = covers;
+        Ok(())
     }
 
     /// Makes `sb` the committed state: the caller has synced every page it reaches.

@@ -1796,7 +1796,7 @@ impl Volume {
         let durable = self.commit.lock().unwrap().durable;
         match pending {
             Some(e) if e > durable => self.commit(),
-            _ => self.eng.store.sync(),
+            _ => self.eng.store.sync_shared(),
         }
     }
 
