@@ -21,4 +21,10 @@ fi
 echo "test.sh: building"
 cargo build --release --all-targets
 echo "test.sh: running every test"
-cargo test --all-targets -- --test-threads 2
+log=$(mktemp -t clonefs-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --lib --bins --tests -- --test-threads 2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run: the sum of every test binary's result line.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
