@@ -271,3 +271,19 @@ $3
 $me: PASS
 EOF
 }
+
+# Installs PostgreSQL (server, pgbench, pg_amcheck) if missing, puts its binaries first
+# on PATH (pgbin), checks the other tools and builds clonefs. Needs root.
+setup_postgres() {
+  [ "$(id -u)" = 0 ] || fail "run as root (the servers run as user postgres)"
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$pgbin" ] || [ ! -x "$pgbin/pg_amcheck" ] || [ ! -x "$pgbin/pgbench" ]; then
+    install_pkgs postgresql
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+  [ -x "$pgbin/pg_amcheck" ] || install_pkgs postgresql-contrib
+  id postgres >/dev/null || fail "no user postgres after installing postgresql"
+  require_tools
+  export PATH=$pgbin:$PATH
+  build_clonefs
+}

@@ -16,17 +16,7 @@ while (($#)); do
 done
 
 # ---- engine and tools -----------------------------------------------------------
-[ "$(id -u)" = 0 ] || fail "run as root (the server runs as user postgres)"
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$pgbin" ] || [ ! -x "$pgbin/pg_amcheck" ] || [ ! -x "$pgbin/pgbench" ]; then
-  install_pkgs postgresql
-  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-fi
-[ -x "$pgbin/pg_amcheck" ] || install_pkgs postgresql-contrib
-id postgres >/dev/null || fail "no user postgres after installing postgresql"
-require_tools
-export PATH=$pgbin:$PATH
-build_clonefs
+setup_postgres
 
 # ---- server and clients ----------------------------------------------------------
 # The server's log (appended to at each start, so every recovery stays in it) and the clients' sockets live in

@@ -10,17 +10,7 @@ scale=${PG_SCALE:-10}         # pgbench scale (10 = 1M accounts, ~160 MB)
 load_secs=${DB_LOAD_SECS:-20} # write load; the clone happens halfway through
 
 # ---- engine and tools -----------------------------------------------------------
-[ "$(id -u)" = 0 ] || fail "run as root (the servers run as user postgres)"
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$pgbin" ] || [ ! -x "$pgbin/pg_amcheck" ] || [ ! -x "$pgbin/pgbench" ]; then
-  install_pkgs postgresql
-  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-fi
-[ -x "$pgbin/pg_amcheck" ] || install_pkgs postgresql-contrib
-id postgres >/dev/null || fail "no user postgres after installing postgresql"
-require_tools
-export PATH=$pgbin:$PATH
-build_clonefs
+setup_postgres
 
 # ---- scratch dir, store, mount ---------------------------------------------------
 make_scratch
