@@ -1925,23 +1925,28 @@ impl Volume {
     /// Maps zeroed pages into the holes of `[from, to)`.
     fn allocate_range(&self, i: &mut Inode, from: u64, to: u64) -> Result<()> {
         let ps = self.eng.ps as u64;
-        let (first, last) = (from / ps, (to - 1) / ps);
+        let (first, end) = (from / ps, (to - 1) / ps + 1);
+        // Whole runs of holes at a time (up to 1 MiB a write), so they get
+        // contiguous extents and one large write each.
+        let max_run = ((1 << 20) / ps).max(1);
+        let zeros = vec![0u8; (max_run * ps) as usize];
         let mut idx = first;
-        let zeros = vec![0u8; ps as usize];
-        while idx <= last {
-            let t = i.content;
-            let Some(hole) = self.eng.seek(t, NodeKind::RadixData, idx, false)? else {
+        while idx < end {
+            let Some(hole) = self.eng.seek(i.content, NodeKind::RadixData, idx, false)? else {
                 break;
             };
-            if hole > last {
+            if hole >= end {
                 break;
             }
+            let data = self.eng.seek(i.content, NodeKind::RadixData, hole, true)?;
+            let run = data.unwrap_or(end).min(end).min(hole + max_run) - hole;
+            let bytes = &zeros[..(run * ps) as usize];
             let (n, _) =
-                self.write_bytes(&mut i.content, &mut i.mapped, hole * ps, &zeros, false)?;
-            if n < zeros.len() {
+                self.write_bytes(&mut i.content, &mut i.mapped, hole * ps, bytes, false)?;
+            if n < bytes.len() {
                 return Err(Error::NoSpace);
             }
-            idx = hole + 1;
+            idx = hole + run;
         }
         Ok(())
     }

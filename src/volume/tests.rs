@@ -444,3 +444,23 @@ fn a_directory_removed_while_open_lives_until_its_release() {
     assert!(matches!(v.getattr(c, e), Err(Error::NotFound)));
     clean(&v);
 }
+
+#[test]
+fn fallocate_maps_every_hole_around_existing_data_and_keeps_it() {
+    let (v, _) = vol(8192);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "f");
+    v.write(c, f, 300 * 4096 + 10, b"keep me").unwrap();
+    v.fallocate(c, f, 4096, 600 * 4096, 0).unwrap();
+    let a = v.getattr(c, f).unwrap();
+    assert_eq!(a.size, 601 * 4096);
+    assert_eq!(
+        a.blocks,
+        600 * 8,
+        "pages 1..601 are mapped, page 0 stays a hole"
+    );
+    assert_eq!(v.read(c, f, 300 * 4096 + 10, 7).unwrap(), b"keep me");
+    assert_eq!(v.read(c, f, 4096, 4096).unwrap(), vec![0; 4096]);
+    assert_eq!(v.seek(c, f, 0, Whence::Data).unwrap(), 4096);
+    clean(&v);
+}
