@@ -57,6 +57,7 @@ const LEDGER: &str = "CLONEFS_CRASH_LEDGER";
 const CHILD_SEED: &str = "CLONEFS_CRASH_CHILD_SEED";
 const CYCLE: &str = "CLONEFS_CRASH_CYCLE";
 const TEST_NAME: &str = "sigkill_cycles";
+mod rng;
 mod workload;
 use workload::*;
 
@@ -319,15 +320,7 @@ fn sigkill_cycles() {
         child_main();
         return;
     }
-    let seed = std::env::var("CLONEFS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = rng::seed_from_env("CLONEFS_CRASH_SEED");
     let cycles: u64 = std::env::var("CLONEFS_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -5,6 +5,7 @@
 //! test also asserts the expected values itself, so a native quirk cannot hide a bug.
 
 mod common;
+mod rng;
 
 use common::{run_ok, Mounted};
 use std::ffi::{CString, OsStr};
@@ -1119,22 +1120,6 @@ fn fallocate_and_sparse_seek_match_a_local_file_system() {
     assert_eq!(seek(h.as_raw_fd(), 0, libc::SEEK_HOLE), "65536");
 }
 
-/// A small deterministic generator for the random operations below.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// fsx-style: the same random writes, truncates, punches, zero ranges,
 /// preallocations and mapped writes on a native file and on one in the mount;
 /// contents and sizes must agree at every read and at the end.
@@ -1163,7 +1148,7 @@ fn random_file_operations_match_a_local_file_system() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let mut rng = Rng(env("CLONEFS_FSX_SEED", 0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = rng::Rng::new(env("CLONEFS_FSX_SEED", 0x9e37_79b9_7f4a_7c15));
     let steps = env("CLONEFS_FSX_STEPS", 1500);
     let mut history: Vec<String> = Vec::new();
     for step in 0..steps {

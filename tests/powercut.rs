@@ -56,6 +56,7 @@ use std::time::Instant;
 
 const PAGES: u64 = 16384;
 
+mod rng;
 mod workload;
 use workload::*;
 
@@ -309,21 +310,9 @@ fn run_case(seed: u64, pages: u64, stats: &mut Stats) -> std::result::Result<(),
     Ok(())
 }
 
-fn base_seed(var: &str) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 /// Runs the random cases on a device of `pages` pages.
 fn run_cases(name: &str, pages: u64, default_cases: u64) {
-    let seed = base_seed("CLONEFS_POWERCUT_SEED");
+    let seed = rng::seed_from_env("CLONEFS_POWERCUT_SEED");
     let cases: u64 = std::env::var("CLONEFS_POWERCUT_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -530,7 +519,7 @@ fn catch_commit(seed: u64, tap: Tap, stats: &mut Stats) -> std::result::Result<(
 
 #[test]
 fn cut_between_the_data_sync_and_the_superblock_write() {
-    let seed = base_seed("CLONEFS_POWERCUT_SEED");
+    let seed = rng::seed_from_env("CLONEFS_POWERCUT_SEED");
     println!("CLONEFS_POWERCUT_SEED={seed}");
     let mut stats = Stats::default();
     for i in 0..40 {
@@ -544,7 +533,7 @@ fn cut_between_the_data_sync_and_the_superblock_write() {
 
 #[test]
 fn a_torn_superblock_falls_back_to_the_older_copy() {
-    let seed = base_seed("CLONEFS_POWERCUT_SEED");
+    let seed = rng::seed_from_env("CLONEFS_POWERCUT_SEED");
     println!("CLONEFS_POWERCUT_SEED={seed}");
     let mut stats = Stats::default();
     for i in 0..40 {

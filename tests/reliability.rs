@@ -6,8 +6,10 @@
 //! `CLONEFS_LONG=1` runs the long variants (more cycles, clones and seconds).
 
 mod common;
+mod rng;
 
 use common::{run, run_ok, s, Mounted, BIN};
+use rng::Rng;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -19,34 +21,6 @@ use std::time::{Duration, Instant};
 
 fn long() -> bool {
     std::env::var_os("CLONEFS_LONG").is_some()
-}
-
-/// A small xorshift generator: the tests print their seed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("CLONEFS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("seed {seed} (replay with CLONEFS_SEED={seed})");
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn fsck_clean(store: &str) {
@@ -104,7 +78,7 @@ fn sigkill_of_the_daemon_loses_no_fsynced_byte() {
     let Some(mut m) = Mounted::with_size("1G") else {
         return;
     };
-    let mut rng = Rng::seeded();
+    let mut rng = Rng::from_env("CLONEFS_SEED");
     let cycles = if long() { 100 } else { 20 };
     let files: Vec<String> = ["alpha/f1", "alpha/f2", "beta/f1", "beta/sub/f3"]
         .iter()
@@ -125,7 +99,7 @@ fn sigkill_of_the_daemon_loses_no_fsynced_byte() {
         let writer = {
             let (shared, stop, files, mnt) =
                 (shared.clone(), stop.clone(), files.clone(), m.mnt.clone());
-            let mut rng = Rng(rng.next() | 1);
+            let mut rng = Rng::new(rng.next());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let name = &files[rng.below(files.len() as u64) as usize];
@@ -269,7 +243,7 @@ fn clone_storm_under_four_writers() {
     let Some(m) = Mounted::with_size("2G") else {
         return;
     };
-    let mut rng = Rng::seeded();
+    let mut rng = Rng::from_env("CLONEFS_SEED");
     let total = if long() { 5000 } else { 1000 };
     fs::create_dir(m.path("prod")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -366,13 +340,13 @@ fn many_threads_write_rename_and_clone_at_once() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
-    let seed = Rng::seeded().next();
+    let seed = Rng::from_env("CLONEFS_SEED").next();
     let mnt = m.mnt.clone();
     let workers: Vec<_> = (0..6)
         .map(|t| {
             let (stop, ops, mnt) = (stop.clone(), ops.clone(), mnt.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng((seed ^ (t as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15)) | 1);
+                let mut rng = Rng::new(seed ^ (t as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
                 let p = |rng: &mut Rng| -> PathBuf {
                     mnt.join(format!("prod/d{}/f{}", rng.below(4), rng.below(16)))
                 };
