@@ -38,7 +38,7 @@ pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
 use node::{Deferred, Engine, NodeKind, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -187,7 +187,6 @@ struct Catalog {
 
 struct CommitState {
     tree: Tree,
-    durable: u64,
     created: u64,
 }
 
@@ -196,6 +195,8 @@ pub struct Volume {
     eng: Engine,
     gate: RwLock<()>,
     commit: Mutex<CommitState>,
+    /// The generation of the last durable superblock.
+    durable: AtomicU64,
     catalog: RwLock<Catalog>,
     read_only: bool,
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -423,9 +424,9 @@ impl Volume {
             gate: RwLock::new(()),
             commit: Mutex::new(CommitState {
                 tree: cat_tree,
-                durable: sb.generation,
                 created: sb.created,
             }),
+            durable: AtomicU64::new(sb.generation),
             catalog: RwLock::new(catalog),
             read_only,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
@@ -504,7 +505,7 @@ impl Volume {
         }
         let target = self.eng.epoch();
         let mut cs = self.commit.lock().unwrap();
-        if cs.durable >= target {
+        if self.durable.load(Ordering::Acquire) >= target {
             return Ok(());
         }
         if !self.eng.has_pending() && !self.any_dirty() {
@@ -563,7 +564,7 @@ impl Volume {
             self.eng.requeue(deferred, written);
             return Err(e);
         }
-        cs.durable = sb.generation;
+        self.durable.store(sb.generation, Ordering::Release);
         for cl in self.catalog.read().unwrap().by_id.values() {
             cl.remapped
                 .lock()
@@ -1793,7 +1794,9 @@ impl Volume {
         let cl = self.cluster(c)?;
         self.getattr(c, ino)?;
         let pending = cl.remapped.lock().unwrap().get(&ino).copied();
-        let durable = self.commit.lock().unwrap().durable;
+        // Read without the commit lock: a commit in flight must not hold up a
+        // data-only sync.
+        let durable = self.durable.load(Ordering::Acquire);
         match pending {
             Some(e) if e > durable => self.commit(),
             _ => self.eng.store.sync_shared(),
