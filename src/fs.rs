@@ -1098,17 +1098,10 @@ impl Filesystem for CloneFs {
     ) {
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
-        let kill = SetAttr {
-            kill_suidgid: true,
-            ..SetAttr::default()
-        };
-        match self.vol.write(c, i, offset, data).and_then(|n| {
-            // FUSE_HANDLE_KILLPRIV_V2: the kernel asks us to drop setuid/setgid.
-            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.vol.setattr(c, i, &kill)?;
-            }
-            Ok(n)
-        }) {
+        // FUSE_HANDLE_KILLPRIV_V2: the kernel flags every write by a caller without
+        // CAP_FSETID, whatever the file's mode; the volume drops the bits it finds.
+        let drop_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.vol.write_as(c, i, offset, data, drop_suidgid) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(self.fail("write", Node::File(c, i), e)),
         }

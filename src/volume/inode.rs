@@ -266,6 +266,19 @@ impl Inode {
             crtime: to_system_time(self.crtime),
         }
     }
+
+    /// Drops setuid, and setgid where group-executable (setgid without group
+    /// execute marks mandatory locking and stays), as Linux does on a write or
+    /// truncate by a caller without CAP_FSETID. Returns whether the mode changed.
+    pub fn drop_suidgid(&mut self) -> bool {
+        let mut p = self.perm & !libc::S_ISUID;
+        if p & libc::S_IXGRP != 0 {
+            p &= !libc::S_ISGID;
+        }
+        let changed = p != self.perm;
+        self.perm = p;
+        changed
+    }
 }
 
 /// A time to set: a given instant, or the time of the call.

@@ -487,6 +487,11 @@ impl Volume {
         cv.notify_all();
     }
 
+    /// The generation of the last durable commit.
+    pub fn durable_generation(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
     pub fn page_size(&self) -> usize {
         self.eng.ps
     }
@@ -993,15 +998,8 @@ impl Volume {
             // makes it (as Linux's chown does); a write or truncate by a caller
             // without CAP_FSETID drops them too.
             let chown = (sa.uid.is_some() || sa.gid.is_some()) && i.kind != Kind::Dir;
-            if sa.kill_suidgid || chown {
-                let mut p = i.perm & !libc::S_ISUID;
-                if p & libc::S_IXGRP != 0 {
-                    p &= !libc::S_ISGID;
-                }
-                if p != i.perm {
-                    i.perm = p;
-                    i.ctime = now;
-                }
+            if (sa.kill_suidgid || chown) && i.drop_suidgid() {
+                i.ctime = now;
             }
             if let Some(u) = sa.uid {
                 i.uid = u;
@@ -1403,6 +1401,20 @@ impl Volume {
     /// Writes `data` at `offset`; returns the bytes written (fewer only when the
     /// store filled up part way).
     pub fn write(&self, c: ClusterId, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_as(c, ino, offset, data, false)
+    }
+
+    /// As [`Volume::write`], by a writer without CAP_FSETID when `drop_suidgid`:
+    /// the same change then drops the file's setuid and setgid bits. A file that
+    /// has none stays as it was, so an fdatasync of the write needs no commit.
+    pub fn write_as(
+        &self,
+        c: ClusterId,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        drop_suidgid: bool,
+    ) -> Result<usize> {
         if offset
             .checked_add(data.len() as u64)
             .is_none_or(|e| e > MAX_FILE_SIZE)
@@ -1431,7 +1443,9 @@ impl Volume {
             let now = inode::now_ns();
             i.mtime = now;
             i.ctime = now;
-            if !remapped && !grows {
+            // A dropped setuid bit must be as durable as the data written after it.
+            let dropped = drop_suidgid && i.drop_suidgid();
+            if !remapped && !grows && !dropped {
                 op.data_only.insert(ino);
             }
             Ok(n)

@@ -322,6 +322,53 @@ fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
 }
 
 #[test]
+fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
+    let (v, dev) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "wal");
+    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
+    v.fdatasync(c, f).unwrap();
+    let g = v.durable_generation();
+    // The kernel asks every writer without CAP_FSETID to drop the bits.
+    v.write_as(c, f, 8192, b"committed-txn", true).unwrap();
+    v.fdatasync(c, f).unwrap();
+    assert_eq!(v.durable_generation(), g, "an overwrite in place committed");
+    // A setuid file: the drop is a change of mode, which the fdatasync commits.
+    let t = file(&v, c, "tool");
+    let suid = SetAttr {
+        perm: Some(0o6755),
+        ..SetAttr::default()
+    };
+    v.setattr(c, t, &suid).unwrap();
+    v.write(c, t, 0, b"old!").unwrap();
+    v.fdatasync(c, t).unwrap();
+    let g = v.durable_generation();
+    v.write_as(c, t, 0, b"new!", true).unwrap();
+    assert_eq!(v.getattr(c, t).unwrap().perm, 0o755);
+    v.fdatasync(c, t).unwrap();
+    assert!(
+        v.durable_generation() > g,
+        "the dropped setuid bit was not committed"
+    );
+    let image = dev.power_cut(7);
+    let v2 = Volume::open_device(
+        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
+        Path::new("cut"),
+        false,
+    )
+    .unwrap();
+    let c = v2.cluster_by_name("c").unwrap().id;
+    let t = v2.lookup(c, Ino::ROOT, b"tool").unwrap();
+    assert_eq!(
+        (t.perm, v2.read(c, t.ino, 0, 4).unwrap()),
+        (0o755, b"new!".to_vec())
+    );
+    let f = v2.lookup(c, Ino::ROOT, b"wal").unwrap().ino;
+    assert_eq!(v2.read(c, f, 8192, 13).unwrap(), b"committed-txn");
+    clean(&v2);
+}
+
+#[test]
 fn a_file_unlinked_while_open_lives_until_its_last_release() {
     let (v, _) = vol(4096);
     let c = v.create_cluster("c", WHO).unwrap().id;
