@@ -44,8 +44,14 @@ pub trait PageDevice: Send + Sync {
     }
 }
 
-/// Writes at least this long use pwrite(2) rather than a copy into the mapping.
-const PWRITE_MIN: usize = 64 * 1024;
+/// Writes of at least a page use pwrite(2) rather than a copy into the mapping.
+/// A copy into a clean page of the mapping takes a write fault, and its writeback
+/// a write-protect pass over the mapping: for file data, which an fdatasync
+/// usually follows, that costs more than the call (random 4 KiB write +
+/// fdatasync: +7% with 1 job, +20% with 4, in an A/B run; unpacking a tar of 16k
+/// files 12% slower and removing them 30% faster). Metadata records are small and
+/// rewritten many times between syncs, so they stay copies.
+const PWRITE_MIN: usize = 4096;
 
 /// A store file mapped into memory.
 pub struct MmapDevice {
@@ -197,8 +203,7 @@ impl PageDevice for MmapDevice {
     fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
         let start = self.span(page, offset, data.len())?;
         if data.len() >= PWRITE_MIN {
-            // Large runs go through the page cache directly: the same pages the
-            // mapping shows, without a page fault per page.
+            // Straight into the page cache: the same pages the mapping shows.
             use std::os::unix::fs::FileExt;
             self.file.write_all_at(data, start as u64)?;
             return Ok(());
