@@ -40,10 +40,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often the background thread commits when something changed.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(2);
+/// How long times of files overwritten in place may wait for a commit when nothing
+/// else needs one (the kernel's own writeback of dirty data waits as long).
+const TIMES_INTERVAL: Duration = Duration::from_secs(30);
 /// Pages beyond the reserve an operation that adds metadata wants free.
 const ROOM: u64 = 16;
 const MAX_FILE_SIZE: u64 = 1 << 60;
@@ -132,6 +135,10 @@ struct State {
     itable: Tree,
     next_ino: u64,
     orphans: u64,
+    /// Modification and change times of files overwritten in place since their
+    /// records were last stored: [`Volume::load`] lays them over the records and a
+    /// commit (or a clone of the cluster) stores them.
+    times: HashMap<Ino, (i64, i64)>,
 }
 
 impl Cluster {
@@ -145,6 +152,7 @@ impl Cluster {
                 itable: rec.itable,
                 next_ino: rec.next_ino,
                 orphans: rec.orphans,
+                times: HashMap::new(),
             }),
             dirs: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
@@ -197,6 +205,8 @@ pub struct Volume {
     commit: Mutex<CommitState>,
     /// The generation of the last durable superblock.
     durable: AtomicU64,
+    /// Since when times wait in some cluster's [`State::times`] (None: none wait).
+    times_since: Mutex<Option<Instant>>,
     catalog: RwLock<Catalog>,
     read_only: bool,
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -427,6 +437,7 @@ impl Volume {
                 created: sb.created,
             }),
             durable: AtomicU64::new(sb.generation),
+            times_since: Mutex::new(None),
             catalog: RwLock::new(catalog),
             read_only,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
@@ -455,13 +466,21 @@ impl Volume {
                 }
                 drop(stopped);
                 let Some(vol) = weak.upgrade() else { return };
-                if vol.eng.has_pending() || vol.any_dirty() {
+                if vol.eng.has_pending() || vol.any_dirty() || vol.times_waited(TIMES_INTERVAL) {
                     if let Err(e) = vol.commit() {
                         log::error!("background commit failed: {e}");
                     }
                 }
             })
             .expect("spawning the commit thread");
+    }
+
+    /// Have times of in-place overwrites waited for a commit at least `d`?
+    fn times_waited(&self, d: Duration) -> bool {
+        self.times_since
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() >= d)
     }
 
     fn any_dirty(&self) -> bool {
@@ -513,13 +532,21 @@ impl Volume {
         if self.durable.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        if !self.eng.has_pending() && !self.any_dirty() {
+        if !self.eng.has_pending() && !self.any_dirty() && !self.times_waited(Duration::ZERO) {
             // Nothing changed since the last commit: it is the current state.
             return Ok(());
         }
         let (sb, deferred, written) = {
             let _gate = self.gate.write().unwrap();
             let mut cat = self.catalog.write().unwrap();
+            let mut since = self.times_since.lock().unwrap();
+            if since.is_some() {
+                for cl in cat.by_id.values() {
+                    self.store_times(cl, &mut cl.state.write().unwrap())?;
+                }
+                *since = None;
+            }
+            drop(since);
             // Each removal and dirty flag is cleared only once its record is written:
             // a commit that fails here (no space) leaves them for the next one.
             while let Some(&id) = cat.removed.last() {
@@ -618,6 +645,8 @@ impl Volume {
         Ok(cl)
     }
 
+    /// Inode `ino` as it stands: its record, with the times of in-place overwrites
+    /// that wait in `st.times` laid over it.
     fn load(&self, st: &State, ino: Ino) -> Result<Inode> {
         if ino.0 == 0 || ino.0 >= st.next_ino {
             return Err(Error::NotFound);
@@ -625,14 +654,20 @@ impl Volume {
         let mut b = [0u8; inode::INODE_BYTES];
         self.eng
             .read_record(st.itable, NodeKind::RadixInodes, ino.0, &mut b)?;
-        Inode::decode(&b)
+        let mut i = Inode::decode(&b)
             .map_err(|why| Error::Corrupt {
                 page: 0,
                 why: format!("inode {ino}: {why}"),
             })?
-            .ok_or(Error::NotFound)
+            .ok_or(Error::NotFound)?;
+        if let Some(&(mtime, ctime)) = st.times.get(&ino) {
+            i.mtime = mtime;
+            i.ctime = ctime;
+        }
+        Ok(i)
     }
 
+    /// Stores inode `i` (as loaded, then changed): its record now holds its times.
     fn store_inode(&self, cl: &Cluster, st: &mut State, ino: Ino, i: &Inode) -> Result<()> {
         self.eng.write_record(
             &mut st.itable,
@@ -641,7 +676,18 @@ impl Volume {
             &i.encode(),
             true,
         )?;
+        st.times.remove(&ino);
         cl.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stores the times waiting in `st.times` into their records.
+    fn store_times(&self, cl: &Cluster, st: &mut State) -> Result<()> {
+        let waiting: Vec<Ino> = st.times.keys().copied().collect();
+        for ino in waiting {
+            let i = self.load(st, ino)?;
+            self.store_inode(cl, st, ino, &i)?;
+        }
         Ok(())
     }
 
@@ -659,6 +705,7 @@ impl Volume {
             &[0; inode::INODE_BYTES],
             true,
         )?;
+        st.times.remove(&ino);
         cl.dirs.lock().unwrap().remove(&ino);
         cl.dirty.store(true, Ordering::Release);
         Ok(())
@@ -807,8 +854,10 @@ impl Volume {
                 .get(src)
                 .cloned()
                 .ok_or(Error::NotFound)?;
-            // Hold writers off the source for the instant of the clone.
-            let st = source.state.read().unwrap();
+            // Hold writers off the source for the instant of the clone; the clone
+            // takes the times of its in-place overwrites too.
+            let mut st = source.state.write().unwrap();
+            self.store_times(&source, &mut st)?;
             let mut cat = self.catalog.write().unwrap();
             if cat.by_name.contains_key(name) {
                 return Err(Error::AlreadyExists(name.into()));
@@ -1422,6 +1471,9 @@ impl Volume {
             return Err(Error::TooBig);
         }
         self.op(c, false, |op| {
+            if let Some(n) = self.overwrite_in_place(op.st, ino, offset, data, drop_suidgid)? {
+                return Ok(n);
+            }
             let i = op.inode(ino)?;
             if i.kind == Kind::Dir {
                 return Err(Error::IsADirectory);
@@ -1450,6 +1502,74 @@ impl Volume {
             }
             Ok(n)
         })
+    }
+
+    /// The common case of a database or a rewriting writer: `data` lands within the
+    /// file on pages that belong to it alone, and leaves the inode as it was but for
+    /// its times. The pages are written in place and the times wait in `st.times`,
+    /// so the cluster's tree is not touched and an epoch with nothing else needs no
+    /// commit. None (nothing written) when the write needs more than that.
+    fn overwrite_in_place(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        drop_suidgid: bool,
+    ) -> Result<Option<usize>> {
+        let i = self.load(st, ino)?;
+        if data.is_empty()
+            || i.kind != Kind::File
+            || offset + data.len() as u64 > i.size
+            || (drop_suidgid && i.clone().drop_suidgid())
+        {
+            return Ok(None);
+        }
+        // Counts below a shared page are lazy: the content tree's counts say whether
+        // its pages are shared only when the inode table's path to the record is
+        // private too (the slow path makes it so by copying it).
+        let per = self.eng.per_page(NodeKind::Inodes);
+        let rec = self
+            .eng
+            .lookup(st.itable, NodeKind::RadixInodes, ino.0 / per)?;
+        if !self.private_path(st.itable, NodeKind::RadixInodes, ino.0 / per)?
+            || self.eng.store.refcount(rec) != 1
+        {
+            return Ok(None);
+        }
+        let ps = self.eng.ps as u64;
+        let fan = self.eng.fanout;
+        let (first, last) = (offset / ps, (offset + data.len() as u64 - 1) / ps);
+        let mut runs = Vec::new();
+        let mut idx = first;
+        while idx <= last {
+            let end = ((idx / fan + 1) * fan).min(last + 1);
+            if !self.private_path(i.content, NodeKind::RadixData, idx)? {
+                return Ok(None);
+            }
+            let pages = self.map_range(i.content, idx, end - idx)?;
+            if pages
+                .iter()
+                .any(|p| p.is_none() || self.eng.store.refcount(*p) != 1)
+            {
+                return Ok(None);
+            }
+            runs.push((idx, pages));
+            idx = end;
+        }
+        let mut done = 0usize;
+        for (idx, pages) in runs {
+            let pos = offset.max(idx * ps);
+            let len = ((idx + pages.len() as u64) * ps).min(offset + data.len() as u64) - pos;
+            done += self.write_pages(&pages, idx, pos, &data[done..done + len as usize])?;
+        }
+        let now = inode::now_ns();
+        st.times.insert(ino, (now, now));
+        self.times_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        Ok(Some(done))
     }
 
     fn read_bytes(&self, t: Tree, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -1602,7 +1722,7 @@ impl Volume {
         // Overwriting pages that belong to this file alone needs no change to its
         // map: write them in place without copying the map's path (which would
         // happen once per commit epoch for every leaf a database rewrites).
-        if self.private_path(*t, idx)? {
+        if self.private_path(*t, NodeKind::RadixData, idx)? {
             let old = self.map_range(*t, idx, npages)?;
             if old
                 .iter()
@@ -1707,10 +1827,11 @@ impl Volume {
         Ok(())
     }
 
-    /// Does every node on the path to leaf `idx` of content tree `t` belong to it
-    /// alone (count 1)? The inode's record page is private (see [`Op::inode`]), so
-    /// the root's count says whether another cluster shares the tree.
-    fn private_path(&self, t: Tree, idx: u64) -> Result<bool> {
+    /// Does every radix node on the path to leaf `idx` of tree `t` (of `kind`) belong
+    /// to it alone (count 1)? For a content tree, the caller has made sure that the
+    /// inode's record page is private (see [`Op::inode`]), so that the root's count
+    /// says whether another cluster shares the tree.
+    fn private_path(&self, t: Tree, kind: NodeKind, idx: u64) -> Result<bool> {
         if t.height == 0 || idx >= self.eng.reach(t.height) {
             return Ok(false);
         }
@@ -1722,8 +1843,7 @@ impl Volume {
             if level == 0 {
                 break;
             }
-            self.eng
-                .check_node(node, NodeKind::RadixData, Some(level))?;
+            self.eng.check_node(node, kind, Some(level))?;
             node = self
                 .eng
                 .entry(node, (idx / self.eng.span(level)) % self.eng.fanout)?;

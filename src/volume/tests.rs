@@ -369,6 +369,64 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
 }
 
 #[test]
+fn an_overwrite_in_place_leaves_the_tree_alone_and_its_times_reach_clones_and_commits() {
+    let (v, dev) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "table");
+    v.write(c, f, 0, &vec![1u8; 64 * 1024]).unwrap();
+    v.commit().unwrap();
+    let before = v.getattr(c, f).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    // Straddles a page boundary; every page is the file's own.
+    v.write(c, f, 8190, b"in place").unwrap();
+    assert!(
+        !v.any_dirty() && !v.eng.has_pending(),
+        "an overwrite in place changed the tree"
+    );
+    let after = v.getattr(c, f).unwrap();
+    assert!(after.mtime > before.mtime && after.ctime > before.ctime);
+    assert_eq!(after.size, before.size);
+    assert!(v.times_waited(Duration::ZERO) && !v.times_waited(TIMES_INTERVAL));
+    // A clone takes the waiting times with the data, and the next write on either
+    // side copies what it changes.
+    let t = v.clone_cluster("c", "t").unwrap().id;
+    assert_eq!(v.getattr(t, f).unwrap().mtime, after.mtime);
+    v.write(c, f, 8190, b"source!!").unwrap();
+    v.write(t, f, 0, b"clone").unwrap();
+    assert_eq!(v.read(t, f, 8190, 8).unwrap(), b"in place");
+    assert_eq!(v.read(c, f, 0, 5).unwrap(), vec![1u8; 5]);
+    // Once the copies' deferred drops are applied, the source's pages are its own
+    // again: overwrites go back to the fast path.
+    v.commit().unwrap();
+    assert!(!v.times_waited(Duration::ZERO));
+    std::thread::sleep(Duration::from_millis(2));
+    v.write(c, f, 100, b"again").unwrap();
+    let last = v.getattr(c, f).unwrap();
+    assert!(v.times_waited(Duration::ZERO) && !v.any_dirty() && !v.eng.has_pending());
+    assert!(last.mtime > after.mtime);
+    // fsync commits the waiting times; they survive a power cut.
+    v.fsync(c, f).unwrap();
+    assert!(!v.times_waited(Duration::ZERO));
+    let image = dev.power_cut(3);
+    let v2 = Volume::open_device(
+        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
+        Path::new("cut"),
+        false,
+    )
+    .unwrap();
+    let (c2, t2) = (
+        v2.cluster_by_name("c").unwrap().id,
+        v2.cluster_by_name("t").unwrap().id,
+    );
+    let got = v2.getattr(c2, f).unwrap();
+    assert_eq!((got.mtime, got.ctime), (last.mtime, last.ctime));
+    assert_eq!(v2.read(c2, f, 100, 5).unwrap(), b"again");
+    assert_eq!(v2.read(c2, f, 8190, 8).unwrap(), b"source!!");
+    assert_eq!(v2.read(t2, f, 8190, 8).unwrap(), b"in place");
+    clean(&v2);
+}
+
+#[test]
 fn a_file_unlinked_while_open_lives_until_its_last_release() {
     let (v, _) = vol(4096);
     let c = v.create_cluster("c", WHO).unwrap().id;
