@@ -23,14 +23,15 @@
 
 use crate::error::Error;
 use crate::volume::{
-    Attr, ClusterId, Ino, Kind, NewInode, RenameFlags, SetAttr, SetTime, Volume, Whence, XattrMode,
+    Attr, ClusterId, Ino, Kind, NewInode, RenameFlags, SetAttr, SetTime, Volume, Whence, Writer,
+    XattrMode,
 };
 use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
-    SessionACL, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Name of the hidden status file at the mount root.
@@ -150,6 +151,11 @@ pub struct CloneFs {
     /// Status documents, one per open of `.clonefs-status`, by file handle.
     status: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     next_fh: AtomicU64,
+    /// The kernel's writeback cache is on: dirty pages of open files sit in the
+    /// kernel until it writes them back, so a clone has them written back first.
+    writeback: bool,
+    /// Set once the session exists: how a clone asks the kernel for those pages.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 /// How to mount: the choices the command line offers.
@@ -157,6 +163,9 @@ pub struct CloneFs {
 pub struct MountConfig {
     pub threads: usize,
     pub allow_other: bool,
+    /// FUSE_WRITEBACK_CACHE: writes fill the kernel's page cache and reach the
+    /// daemon in writeback; a write's ENOSPC shows at fsync or close instead.
+    pub writeback_cache: bool,
 }
 
 /// Mounts `vol` at `mountpoint`; the mount is live (INIT answered) when this returns.
@@ -179,7 +188,44 @@ pub fn mount(
     }
     config.n_threads = Some(mc.threads.max(1));
     config.clone_fd = mc.threads > 1;
-    Session::new(CloneFs::new(vol), mountpoint, &config)
+    let mut fs = CloneFs::new(vol);
+    fs.writeback = mc.writeback_cache;
+    let notifier = fs.notifier.clone();
+    let session = Session::new(fs, mountpoint, &config)?;
+    // Before any request but INIT is served: `run()` serves them.
+    let _ = notifier.set(session.notifier());
+    Ok(session)
+}
+
+/// The attributes of a virtual directory of a cluster (`.clone`, or the marker of a
+/// clone in it): those of the cluster's root, as an empty directory of mode `perm`.
+fn cluster_dir_attr(node: Node, root: &Attr, blksize: u32, perm: u16) -> FileAttr {
+    let mut a = file_attr(node, root, blksize);
+    a.perm = perm;
+    a.nlink = 2;
+    a.size = 0;
+    a.blocks = 0;
+    a
+}
+
+fn file_attr(node: Node, a: &Attr, blksize: u32) -> FileAttr {
+    FileAttr {
+        ino: node.id(),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.crtime,
+        kind: kind_of(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize,
+        flags: 0,
+    }
 }
 
 fn kind_of(k: Kind) -> FileType {
@@ -301,6 +347,8 @@ impl CloneFs {
             blksize,
             status: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            writeback: false,
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 
@@ -347,23 +395,7 @@ impl CloneFs {
     }
 
     fn file_attr(&self, node: Node, a: &Attr) -> FileAttr {
-        FileAttr {
-            ino: node.id(),
-            size: a.size,
-            blocks: a.blocks,
-            atime: a.atime,
-            mtime: a.mtime,
-            ctime: a.ctime,
-            crtime: a.crtime,
-            kind: kind_of(a.kind),
-            perm: a.perm as u16,
-            nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
-            rdev: a.rdev,
-            blksize: self.blksize,
-            flags: 0,
-        }
+        file_attr(node, a, self.blksize)
     }
 
     fn virtual_attr(&self, node: Node, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
@@ -397,22 +429,18 @@ impl CloneFs {
             Node::File(c, ino) => Ok(self.file_attr(node, &self.vol.getattr(c, ino)?)),
             // `.clone` belongs to whoever owns the cluster root: who may write there
             // may clone it.
-            Node::Control(c) => {
-                let mut a = self.file_attr(node, &self.vol.getattr(c, Ino::ROOT)?);
-                a.perm = 0o755;
-                a.nlink = 2;
-                a.size = 0;
-                a.blocks = 0;
-                Ok(a)
-            }
-            Node::Marker(c) => {
-                let mut a = self.file_attr(node, &self.vol.getattr(c, Ino::ROOT)?);
-                a.perm = 0o555;
-                a.nlink = 2;
-                a.size = 0;
-                a.blocks = 0;
-                Ok(a)
-            }
+            Node::Control(c) => Ok(cluster_dir_attr(
+                node,
+                &self.vol.getattr(c, Ino::ROOT)?,
+                self.blksize,
+                0o755,
+            )),
+            Node::Marker(c) => Ok(cluster_dir_attr(
+                node,
+                &self.vol.getattr(c, Ino::ROOT)?,
+                self.blksize,
+                0o555,
+            )),
         }
     }
 
@@ -443,6 +471,60 @@ impl CloneFs {
         Entry {
             attr: self.file_attr(Node::File(c, a.ino), a),
             ttl: Self::entry_ttl(parent),
+        }
+    }
+
+    /// `mkdir SRC/.clone/NAME` with the writeback cache on and files of `src` open:
+    /// their dirty pages are still in the kernel. A thread of its own asks the kernel
+    /// to write them back (each invalidation returns once the workers have served
+    /// those writes, so no worker may wait for it), then clones and answers.
+    fn clone_after_writeback(
+        &self,
+        src: ClusterId,
+        name: String,
+        open: Vec<Ino>,
+        notifier: &Notifier,
+        reply: ReplyEntry,
+    ) {
+        let (vol, notifier, blksize) = (self.vol.clone(), notifier.clone(), self.blksize);
+        let spawned = std::thread::Builder::new()
+            .name("clonefs-clone".into())
+            .spawn(move || {
+                let started = Instant::now();
+                for ino in &open {
+                    let node = Node::File(src, *ino);
+                    match notifier.inval_inode(node.id(), 0, 0) {
+                        // The kernel no longer has the inode: nothing of it is cached.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(e) => warn!("writing back {node} before a clone: {e}"),
+                        Ok(()) => {}
+                    }
+                }
+                let made = vol
+                    .cluster_info(src)
+                    .and_then(|s| vol.clone_cluster(&s.name, &name))
+                    .and_then(|cl| Ok((cl.id, vol.getattr(cl.id, Ino::ROOT)?)));
+                match made {
+                    Ok((c, root)) => {
+                        debug!(
+                            "clone {name} made in {:?} after writing back {} open files",
+                            started.elapsed(),
+                            open.len()
+                        );
+                        let node = Node::Marker(c);
+                        let attr = cluster_dir_attr(node, &root, blksize, 0o555);
+                        let ttl = Self::entry_ttl(Node::Control(src)).min(Self::attr_ttl(node));
+                        reply.entry_with_ttls(&ttl, &ttl, &attr, GEN)
+                    }
+                    Err(e) => {
+                        warn!("mkdir (clone) {name} of cluster {src:?}: {e}");
+                        reply.error(errno(e.errno()))
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The reply went with the closure; dropped unanswered, it answers EIO.
+            error!("no thread for a clone: {e}");
         }
     }
 
@@ -712,9 +794,10 @@ impl Filesystem for CloneFs {
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
         }
-        // No FUSE_WRITEBACK_CACHE: a clone must contain every completed write, and
-        // without the cache a write is in the volume when write(2) returns.
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+        // Without FUSE_WRITEBACK_CACHE (the default) a write is in the volume when
+        // write(2) returns; with it, a clone first has the kernel write back the
+        // dirty pages of the cluster's open files (see `clone_after_writeback`).
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ASYNC_DIO
@@ -722,9 +805,16 @@ impl Filesystem for CloneFs {
             // The volume drops setuid/setgid itself, so the kernel need not ask
             // for security.capability before every write.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        if self.writeback {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let granted = wanted & config.capabilities();
         if config.add_capabilities(granted).is_err() {
             warn!("the kernel refused capabilities {granted:?}");
+        }
+        if self.writeback && !granted.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
+            warn!("the kernel offers no writeback cache: writes go through");
+            self.writeback = false;
         }
         info!(
             "serving {} ({} clusters), kernel FUSE ABI {:?}",
@@ -866,6 +956,15 @@ impl Filesystem for CloneFs {
             }
             Node::Control(src) => {
                 let name = String::from_utf8_lossy(name.as_bytes());
+                if self.writeback {
+                    match (self.vol.open_files(src), self.notifier.get()) {
+                        (Ok(open), Some(n)) if !open.is_empty() => {
+                            return self.clone_after_writeback(src, name.into(), open, n, reply);
+                        }
+                        (Ok(_), None) => error!("no notifier: cloning without a writeback"),
+                        _ => {}
+                    }
+                }
                 let started = Instant::now();
                 self.cluster_name(src)
                     .and_then(|s| self.vol.clone_cluster(&s, &name))
@@ -1100,8 +1199,11 @@ impl Filesystem for CloneFs {
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
         // FUSE_HANDLE_KILLPRIV_V2: the kernel flags every write by a caller without
         // CAP_FSETID, whatever the file's mode; the volume drops the bits it finds.
-        let drop_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.vol.write_as(c, i, offset, data, drop_suidgid) {
+        let who = Writer {
+            drop_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            from_cache: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
+        };
+        match self.vol.write_as(c, i, offset, data, who) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(self.fail("write", Node::File(c, i), e)),
         }

@@ -63,6 +63,11 @@ enum Cmd {
         /// Let users other than the one mounting use the mount (allow_other)
         #[arg(long)]
         allow_other: bool,
+        /// Let the kernel cache writes and send them in writeback: much faster
+        /// streaming and small unsynced writes, slower fsync; a full store's ENOSPC
+        /// then shows at fsync or close, not at write
+        #[arg(long)]
+        writeback_cache: bool,
         /// Log file of the background daemon [default: STORE.log]
         #[arg(long)]
         log: Option<PathBuf>,
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             foreground,
             threads,
             allow_other,
+            writeback_cache,
             log,
         } => cmd_mount(
             &store,
@@ -117,6 +123,7 @@ fn main() -> ExitCode {
             &MountConfig {
                 threads: threads as usize,
                 allow_other,
+                writeback_cache,
             },
         ),
         Cmd::Umount { mountpoint } => cmd_umount(&mountpoint),
@@ -531,10 +538,15 @@ fn serve(
         .map_err(|e| format!("cannot mount {} at {}: {e}", store.display(), mnt.display()))?;
     spawn_signal_thread(signals, mnt.to_owned());
     info!(
-        "mounted {} at {} with {} threads (pid {})",
+        "mounted {} at {} with {} threads{} (pid {})",
         store.display(),
         mnt.display(),
         mc.threads,
+        if mc.writeback_cache {
+            ", writeback cache"
+        } else {
+            ""
+        },
         std::process::id()
     );
     if let Some(mut w) = ready.take() {

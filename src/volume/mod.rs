@@ -109,6 +109,16 @@ pub enum Whence {
     Hole,
 }
 
+/// Who a write comes from, as far as the volume cares (see [`Volume::write_as`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    /// Without CAP_FSETID: the write drops the file's setuid and setgid bits.
+    pub drop_suidgid: bool,
+    /// The kernel's writeback cache, which keeps the file's times itself and sends
+    /// them in a setattr: the write leaves them as they are.
+    pub from_cache: bool,
+}
+
 /// Owner and group of a new inode, and the umask-applied permission bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewInode {
@@ -1450,19 +1460,19 @@ impl Volume {
     /// Writes `data` at `offset`; returns the bytes written (fewer only when the
     /// store filled up part way).
     pub fn write(&self, c: ClusterId, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_as(c, ino, offset, data, false)
+        self.write_as(c, ino, offset, data, Writer::default())
     }
 
-    /// As [`Volume::write`], by a writer without CAP_FSETID when `drop_suidgid`:
-    /// the same change then drops the file's setuid and setgid bits. A file that
-    /// has none stays as it was, so an fdatasync of the write needs no commit.
+    /// As [`Volume::write`], by `who`. A writer without CAP_FSETID drops the file's
+    /// setuid and setgid bits in the same change; a file that has none stays as it
+    /// was, so an fdatasync of the write needs no commit.
     pub fn write_as(
         &self,
         c: ClusterId,
         ino: Ino,
         offset: u64,
         data: &[u8],
-        drop_suidgid: bool,
+        who: Writer,
     ) -> Result<usize> {
         if offset
             .checked_add(data.len() as u64)
@@ -1471,7 +1481,7 @@ impl Volume {
             return Err(Error::TooBig);
         }
         self.op(c, false, |op| {
-            if let Some(n) = self.overwrite_in_place(op.st, ino, offset, data, drop_suidgid)? {
+            if let Some(n) = self.overwrite_in_place(op.st, ino, offset, data, who)? {
                 return Ok(n);
             }
             let i = op.inode(ino)?;
@@ -1492,11 +1502,13 @@ impl Volume {
             }
             let grows = offset + n as u64 > i.size;
             i.size = i.size.max(offset + n as u64);
-            let now = inode::now_ns();
-            i.mtime = now;
-            i.ctime = now;
+            if !who.from_cache {
+                let now = inode::now_ns();
+                i.mtime = now;
+                i.ctime = now;
+            }
             // A dropped setuid bit must be as durable as the data written after it.
-            let dropped = drop_suidgid && i.drop_suidgid();
+            let dropped = who.drop_suidgid && i.drop_suidgid();
             if !remapped && !grows && !dropped {
                 op.data_only.insert(ino);
             }
@@ -1515,13 +1527,13 @@ impl Volume {
         ino: Ino,
         offset: u64,
         data: &[u8],
-        drop_suidgid: bool,
+        who: Writer,
     ) -> Result<Option<usize>> {
         let i = self.load(st, ino)?;
         if data.is_empty()
             || i.kind != Kind::File
             || offset + data.len() as u64 > i.size
-            || (drop_suidgid && i.clone().drop_suidgid())
+            || (who.drop_suidgid && i.clone().drop_suidgid())
         {
             return Ok(None);
         }
@@ -1563,12 +1575,14 @@ impl Volume {
             let len = ((idx + pages.len() as u64) * ps).min(offset + data.len() as u64) - pos;
             done += self.write_pages(&pages, idx, pos, &data[done..done + len as usize])?;
         }
-        let now = inode::now_ns();
-        st.times.insert(ino, (now, now));
-        self.times_since
-            .lock()
-            .unwrap()
-            .get_or_insert_with(Instant::now);
+        if !who.from_cache {
+            let now = inode::now_ns();
+            st.times.insert(ino, (now, now));
+            self.times_since
+                .lock()
+                .unwrap()
+                .get_or_insert_with(Instant::now);
+        }
         Ok(Some(done))
     }
 
@@ -1944,6 +1958,18 @@ impl Volume {
             *cl.open.lock().unwrap().entry(ino).or_default() += 1;
             Ok(())
         })
+    }
+
+    /// The files of cluster `c` that some handle has open.
+    pub fn open_files(&self, c: ClusterId) -> Result<Vec<Ino>> {
+        Ok(self
+            .cluster(c)?
+            .open
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect())
     }
 
     /// A handle on the file was closed.

@@ -9,6 +9,12 @@ const WHO: NewInode = NewInode {
     gid: 0,
 };
 
+/// A writer without CAP_FSETID.
+const DROPS: Writer = Writer {
+    drop_suidgid: true,
+    from_cache: false,
+};
+
 fn vol(pages: u64) -> (Arc<Volume>, Arc<MemDevice>) {
     Volume::in_memory(4096, pages).unwrap()
 }
@@ -330,7 +336,7 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
     v.fdatasync(c, f).unwrap();
     let g = v.durable_generation();
     // The kernel asks every writer without CAP_FSETID to drop the bits.
-    v.write_as(c, f, 8192, b"committed-txn", true).unwrap();
+    v.write_as(c, f, 8192, b"committed-txn", DROPS).unwrap();
     v.fdatasync(c, f).unwrap();
     assert_eq!(v.durable_generation(), g, "an overwrite in place committed");
     // A setuid file: the drop is a change of mode, which the fdatasync commits.
@@ -343,7 +349,7 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
     v.write(c, t, 0, b"old!").unwrap();
     v.fdatasync(c, t).unwrap();
     let g = v.durable_generation();
-    v.write_as(c, t, 0, b"new!", true).unwrap();
+    v.write_as(c, t, 0, b"new!", DROPS).unwrap();
     assert_eq!(v.getattr(c, t).unwrap().perm, 0o755);
     v.fdatasync(c, t).unwrap();
     assert!(
