@@ -470,20 +470,25 @@ fio_job() {
   row "$id" "$label" "${got[native]}" bindfs "${bindfs_fig[$id]}" "${got[clonefs]}" "$target" "$spec"
 }
 tb=(--time_based --runtime="$fio_rt")
+# write_rows PREFIX NJ: the write rows with NJ jobs, their ids and labels prefixed
+write_rows() {
+  local p=$1 nj=$2 jobs="$2 job$([ "$2" = 1 ] || echo s)" l=${1:+$1: }
+  fio_job "${p}sw$nj" "${l}fio seq write 1 MiB, $jobs, MiB/s" write mib ">= 0.8x native" ratio_ge=0.8 \
+    --rw=write --bs=1M --numjobs="$nj" "${tb[@]}"
+  fio_job "${p}rw$nj" "${l}fio rand write 4 KiB, $jobs, IOPS" write iops ">= bindfs" ge_peer=1 \
+    --rw=randwrite --bs=4k --numjobs="$nj" "${tb[@]}"
+  fio_job "${p}rs$nj" "${l}fio rand write 4 KiB + fdatasync, $jobs, IOPS" write iops ">= 0.7x native" ratio_ge=0.7 \
+    --rw=randwrite --bs=4k --fdatasync=1 --numjobs="$nj" "${tb[@]}"
+}
 fio_turn=0
 for nj in 1 4; do
   jobs="$nj job$([ "$nj" = 1 ] || echo s)"
-  fio_job "sw$nj" "fio seq write 1 MiB, $jobs, MiB/s" write mib ">= 0.8x native" ratio_ge=0.8 \
-    --rw=write --bs=1M --numjobs="$nj" "${tb[@]}"
+  write_rows "" "$nj"
   # one pass over each file (capped at the run time), so the reads come from the disk, not from a wrapped-around cache
   fio_job "sr$nj" "fio seq read 1 MiB, $jobs, MiB/s" read mib ">= 0.8x native" ratio_ge=0.8 \
     --rw=read --bs=1M --numjobs="$nj" --runtime="$fio_rt"
   fio_job "rr$nj" "fio rand read 4 KiB, $jobs, IOPS" read iops ">= bindfs" ge_peer=1 \
     --rw=randread --bs=4k --numjobs="$nj" "${tb[@]}"
-  fio_job "rw$nj" "fio rand write 4 KiB, $jobs, IOPS" write iops ">= bindfs" ge_peer=1 \
-    --rw=randwrite --bs=4k --numjobs="$nj" "${tb[@]}"
-  fio_job "rs$nj" "fio rand write 4 KiB + fdatasync, $jobs, IOPS" write iops ">= 0.7x native" ratio_ge=0.7 \
-    --rw=randwrite --bs=4k --fdatasync=1 --numjobs="$nj" "${tb[@]}"
 done
 timeout 60 fusermount3 -u "$bmnt"
 # The writes again with the kernel's writeback cache (an option of the mount, off by default).
@@ -491,15 +496,7 @@ umount_clonefs "$fmnt"
 mount_clonefs "$fstore" "$fmnt" --writeback-cache
 section "fio writes again, clonefs remounted with --writeback-cache (the kernel caches writes; a clone has open files written back first); bindfs: its figure above"
 fio_places=(native clonefs)
-for nj in 1 4; do
-  jobs="$nj job$([ "$nj" = 1 ] || echo s)"
-  fio_job "wbsw$nj" "wb: fio seq write 1 MiB, $jobs, MiB/s" write mib ">= 0.8x native" ratio_ge=0.8 \
-    --rw=write --bs=1M --numjobs="$nj" "${tb[@]}"
-  fio_job "wbrw$nj" "wb: fio rand write 4 KiB, $jobs, IOPS" write iops ">= bindfs" ge_peer=1 \
-    --rw=randwrite --bs=4k --numjobs="$nj" "${tb[@]}"
-  fio_job "wbrs$nj" "wb: fio rand write 4 KiB + fdatasync, $jobs, IOPS" write iops ">= 0.7x native" ratio_ge=0.7 \
-    --rw=randwrite --bs=4k --fdatasync=1 --numjobs="$nj" "${tb[@]}"
-done
+for nj in 1 4; do write_rows wb "$nj"; done
 umount_clonefs "$fmnt"
 timeout 600 rm -rf "$native/fio" "$bsrc" "$fstore"
 

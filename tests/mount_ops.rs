@@ -150,6 +150,24 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
+/// A shared, writable mapping of the first `len` bytes of the file open as `fd`.
+///
+/// # Safety
+/// The file stays at least `len` bytes long while the mapping is used, and the
+/// caller unmaps it (`munmap`) before the descriptor closes.
+unsafe fn map_shared<'a>(fd: i32, len: usize) -> &'a mut [u8] {
+    let p = libc::mmap(
+        std::ptr::null_mut(),
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        fd,
+        0,
+    );
+    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+    std::slice::from_raw_parts_mut(p as *mut u8, len)
+}
+
 /// A mount with cluster `c`; `None` (skipped) without FUSE or without root, which
 /// these tests need to chown, to act as another user and to compare with a local
 /// file system as root.
@@ -1202,16 +1220,9 @@ fn random_file_operations_match_a_local_file_system_on(opts: &[&str]) {
                     // SAFETY: a shared mapping of mlen bytes of a file at least
                     // that long, written within bounds, synced and unmapped.
                     unsafe {
-                        let p = libc::mmap(
-                            std::ptr::null_mut(),
-                            mlen,
-                            libc::PROT_READ | libc::PROT_WRITE,
-                            libc::MAP_SHARED,
-                            f.as_raw_fd(),
-                            0,
-                        );
-                        assert_ne!(p, libc::MAP_FAILED);
-                        std::ptr::write_bytes((p as *mut u8).add(at), fill, 100);
+                        let map = map_shared(f.as_raw_fd(), mlen);
+                        map[at..at + 100].fill(fill);
+                        let p = map.as_mut_ptr().cast();
                         assert_eq!(libc::msync(p, mlen, libc::MS_SYNC), 0);
                         libc::munmap(p, mlen);
                     }
@@ -2167,20 +2178,8 @@ fn shared_writable_mmap_reaches_the_file_and_clones_on(opts: &[&str]) {
         // SAFETY: mappings of LEN bytes of files LEN long, used within bounds and
         // unmapped before the descriptors close.
         unsafe {
-            let map = |fd: i32| {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    LEN,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                );
-                assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
-                std::slice::from_raw_parts_mut(p as *mut u8, LEN)
-            };
-            let a = map(h.as_raw_fd());
-            let b = map(h2.as_raw_fd());
+            let a = map_shared(h.as_raw_fd(), LEN);
+            let b = map_shared(h2.as_raw_fd(), LEN);
             a[4096 + 10..4096 + 15].copy_from_slice(b"hello");
             log.sys(
                 "msync",
@@ -2234,17 +2233,9 @@ fn shared_writable_mmap_reaches_the_file_and_clones_on(opts: &[&str]) {
     let h = OpenOptions::new().read(true).write(true).open(&f).unwrap();
     // SAFETY: as above.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            h.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        let a = std::slice::from_raw_parts_mut(p as *mut u8, LEN);
+        let a = map_shared(h.as_raw_fd(), LEN);
         a[..4].copy_from_slice(b"new!");
+        let p = a.as_mut_ptr().cast();
         assert_eq!(libc::msync(p, LEN, libc::MS_SYNC), 0);
         libc::munmap(p, LEN);
     }
@@ -2662,18 +2653,7 @@ fn a_clone_with_the_writeback_cache_holds_dirty_pages_of_open_files() {
             .unwrap();
         // SAFETY: a mapping of LEN bytes of a file LEN long, written within bounds
         // and unmapped before the descriptor closes.
-        let map = unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                h.as_raw_fd(),
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
-            std::slice::from_raw_parts_mut(p as *mut u8, LEN)
-        };
+        let map = unsafe { map_shared(h.as_raw_fd(), LEN) };
         map[4096 + 10..4096 + 16].copy_from_slice(b"mapped");
 
         fs::create_dir(m.path("c/.clone/snap")).unwrap();

@@ -30,6 +30,14 @@ fn reopen(v: Arc<Volume>, dev: &Arc<MemDevice>) -> Arc<Volume> {
     Volume::open_device(d, Path::new("mem"), false).unwrap()
 }
 
+/// The volume as it opens after the power is cut (`seed` picks which unsynced
+/// writes the device keeps).
+fn after_power_cut(dev: &MemDevice, seed: u64) -> Arc<Volume> {
+    let image = dev.power_cut(seed);
+    let d = MemDevice::from_image(4096, dev.capacity_pages(), image);
+    Volume::open_device(Arc::new(d), Path::new("cut"), false).unwrap()
+}
+
 fn file(v: &Volume, c: ClusterId, name: &str) -> Ino {
     v.mknod(c, Ino::ROOT, name.as_bytes(), Kind::File, WHO, 0)
         .unwrap()
@@ -313,13 +321,7 @@ fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
     // A write that grows the file needs a commit, which fdatasync does.
     v.write(c, f, 64 * 1024, b"tail").unwrap();
     v.fdatasync(c, f).unwrap();
-    let image = dev.power_cut(99);
-    let v2 = Volume::open_device(
-        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
-        Path::new("cut"),
-        false,
-    )
-    .unwrap();
+    let v2 = after_power_cut(&dev, 99);
     let c = v2.cluster_by_name("c").unwrap().id;
     let f = v2.lookup(c, Ino::ROOT, b"wal").unwrap().ino;
     assert_eq!(v2.read(c, f, 8192, 13).unwrap(), b"committed-txn");
@@ -356,13 +358,7 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
         v.durable_generation() > g,
         "the dropped setuid bit was not committed"
     );
-    let image = dev.power_cut(7);
-    let v2 = Volume::open_device(
-        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
-        Path::new("cut"),
-        false,
-    )
-    .unwrap();
+    let v2 = after_power_cut(&dev, 7);
     let c = v2.cluster_by_name("c").unwrap().id;
     let t = v2.lookup(c, Ino::ROOT, b"tool").unwrap();
     assert_eq!(
@@ -413,13 +409,7 @@ fn an_overwrite_in_place_leaves_the_tree_alone_and_its_times_reach_clones_and_co
     // fsync commits the waiting times; they survive a power cut.
     v.fsync(c, f).unwrap();
     assert!(!v.times_waited(Duration::ZERO));
-    let image = dev.power_cut(3);
-    let v2 = Volume::open_device(
-        Arc::new(MemDevice::from_image(4096, dev.capacity_pages(), image)),
-        Path::new("cut"),
-        false,
-    )
-    .unwrap();
+    let v2 = after_power_cut(&dev, 3);
     let (c2, t2) = (
         v2.cluster_by_name("c").unwrap().id,
         v2.cluster_by_name("t").unwrap().id,
