@@ -1556,16 +1556,9 @@ impl Volume {
         let mut idx = first;
         while idx <= last {
             let end = ((idx / fan + 1) * fan).min(last + 1);
-            if !self.private_path(i.content, NodeKind::RadixData, idx)? {
+            let Some(pages) = self.own_pages(i.content, idx, end - idx)? else {
                 return Ok(None);
-            }
-            let pages = self.map_range(i.content, idx, end - idx)?;
-            if pages
-                .iter()
-                .any(|p| p.is_none() || self.eng.store.refcount(*p) != 1)
-            {
-                return Ok(None);
-            }
+            };
             runs.push((idx, pages));
             idx = end;
         }
@@ -1736,14 +1729,8 @@ impl Volume {
         // Overwriting pages that belong to this file alone needs no change to its
         // map: write them in place without copying the map's path (which would
         // happen once per commit epoch for every leaf a database rewrites).
-        if self.private_path(*t, NodeKind::RadixData, idx)? {
-            let old = self.map_range(*t, idx, npages)?;
-            if old
-                .iter()
-                .all(|p| !p.is_none() && self.eng.store.refcount(*p) == 1)
-            {
-                return self.write_pages(&old, idx, pos, data).map(|n| (n, false));
-            }
+        if let Some(old) = self.own_pages(*t, idx, npages)? {
+            return self.write_pages(&old, idx, pos, data).map(|n| (n, false));
         }
         let (leaf, slot0) = self.eng.cow_path(t, NodeKind::RadixData, idx, reserve)?;
         let old = self.map_range(*t, idx, npages)?;
@@ -1839,6 +1826,21 @@ impl Volume {
             k += run;
         }
         Ok(())
+    }
+
+    /// The pages mapping leaves `[idx, idx + npages)` (within one leaf radix node) of
+    /// content tree `t`, when they and the path to them belong to the file alone:
+    /// they can be written in place. The caller has made sure that the inode's record
+    /// path is private (see [`Volume::private_path`]).
+    fn own_pages(&self, t: Tree, idx: u64, npages: u64) -> Result<Option<Vec<PageNo>>> {
+        if !self.private_path(t, NodeKind::RadixData, idx)? {
+            return Ok(None);
+        }
+        let pages = self.map_range(t, idx, npages)?;
+        let own = pages
+            .iter()
+            .all(|p| !p.is_none() && self.eng.store.refcount(*p) == 1);
+        Ok(own.then_some(pages))
     }
 
     /// Does every radix node on the path to leaf `idx` of tree `t` (of `kind`) belong
