@@ -33,7 +33,7 @@ pub use device::{MmapDevice, PageDevice};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 pub const MAGIC: &[u8; 8] = b"CLONEFS\0";
 pub const FORMAT_VERSION: u32 = 1;
@@ -149,10 +149,19 @@ pub struct Store {
     refs: Vec<AtomicU32>,
     alloc: Mutex<Allocator>,
     failed: AtomicBool,
-    /// Tickets handed to callers of [`Store::sync_shared`], and the last ticket a
-    /// finished sync covers: concurrent callers share one device sync.
+    /// Tickets handed to callers of [`Store::sync_shared`], and what the syncs
+    /// started and finished so far cover: concurrent callers share device syncs.
     sync_tickets: AtomicU64,
-    synced: Mutex<u64>,
+    syncs: Mutex<Syncs>,
+    sync_done: Condvar,
+}
+
+/// The last ticket a sync in flight covers, and the last one a finished sync
+/// covers (`started >= synced`).
+#[derive(Default)]
+struct Syncs {
+    started: u64,
+    synced: u64,
 }
 
 /// Free extents of the store, keyed by first page.
@@ -281,7 +290,8 @@ impl Store {
             alloc: Mutex::new(Allocator::new(capacity)),
             failed: AtomicBool::new(false),
             sync_tickets: AtomicU64::new(0),
-            synced: Mutex::new(0),
+            syncs: Mutex::default(),
+            sync_done: Condvar::new(),
             dev,
         };
         Ok((store, sb))
@@ -475,19 +485,33 @@ impl Store {
         self.note(self.dev.sync())
     }
 
-    /// As [`Store::sync`], shared: a caller whose writes a sync that began after
-    /// them has already made durable returns without syncing again.
+    /// As [`Store::sync`], shared. A caller's writes are durable once a sync that
+    /// began after them ends: the caller waits for such a sync when one is in
+    /// flight, and otherwise starts its own at once, beside any older one still
+    /// running, so a commit waits for at most one device sync.
     pub fn sync_shared(&self) -> Result<()> {
         let ticket = self.sync_tickets.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut synced = self.synced.lock().unwrap();
-        if *synced >= ticket {
-            return Ok(());
+        let mut syncs = self.syncs.lock().unwrap();
+        while syncs.started >= ticket {
+            if syncs.synced >= ticket {
+                return Ok(());
+            }
+            syncs = self.sync_done.wait(syncs).unwrap();
         }
         // This sync starts now: it covers every ticket handed out so far.
         let covers = self.sync_tickets.load(Ordering::Acquire);
-        self.sync()?;
-        *synced = covers;
-        Ok(())
+        syncs.started = covers;
+        drop(syncs);
+        let r = self.sync();
+        let mut syncs = self.syncs.lock().unwrap();
+        if r.is_ok() {
+            syncs.synced = syncs.synced.max(covers);
+        } else {
+            // Those waiting on this sync try their own.
+            syncs.started = syncs.synced;
+        }
+        self.sync_done.notify_all();
+        r
     }
 
     /// Makes `sb` the committed state: the caller has synced every page it reaches.
@@ -617,5 +641,84 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("newer clonefs"), "{e}");
+    }
+
+    /// A device whose syncs take a while and cover the writes finished when they
+    /// begin; `durable` is the count of writes some finished sync covers, and
+    /// `overlap` the most syncs that were in flight at once.
+    #[derive(Default)]
+    struct SlowSync {
+        mem: Option<MemDevice>,
+        writes: AtomicU64,
+        durable: AtomicU64,
+        in_flight: AtomicU64,
+        overlap: AtomicU64,
+    }
+
+    impl SlowSync {
+        fn mem(&self) -> &MemDevice {
+            self.mem.as_ref().unwrap()
+        }
+    }
+
+    impl PageDevice for SlowSync {
+        fn page_size(&self) -> usize {
+            self.mem().page_size()
+        }
+        fn capacity_pages(&self) -> u64 {
+            self.mem().capacity_pages()
+        }
+        fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> Result<()> {
+            self.mem().read(page, offset, buf)
+        }
+        fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
+            self.mem().write(page, offset, data)?;
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn allocate(&self, start: u64, count: u64) -> Result<()> {
+            self.mem().allocate(start, count)
+        }
+        fn free(&self, start: u64, count: u64) {
+            self.mem().free(start, count)
+        }
+        fn sync(&self) -> Result<()> {
+            let covers = self.writes.load(Ordering::SeqCst);
+            let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.overlap.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.durable.fetch_max(covers, Ordering::SeqCst);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_shared_sync_ends_after_a_sync_begun_after_the_callers_writes_and_syncs_overlap() {
+        let dev = Arc::new(SlowSync {
+            mem: Some(MemDevice::new(4096, 256)),
+            ..Default::default()
+        });
+        Store::format(dev.as_ref(), 7).unwrap();
+        let (store, _) = Store::open(dev.clone(), Path::new("slow")).unwrap();
+        let (threads, rounds) = (8u64, 25u64);
+        let start = std::sync::Barrier::new(threads as usize);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (dev, store, start) = (&dev, &store, &start);
+                s.spawn(move || {
+                    for r in 0..rounds {
+                        start.wait();
+                        dev.write(FIRST_DATA_PAGE + t, 0, &r.to_le_bytes()).unwrap();
+                        let mine = dev.writes.load(Ordering::SeqCst);
+                        store.sync_shared().unwrap();
+                        let durable = dev.durable.load(Ordering::SeqCst);
+                        assert!(durable >= mine, "round {r}: {durable} < {mine}");
+                    }
+                });
+            }
+        });
+        // A caller does not queue behind a sync that began before its writes.
+        assert!(dev.overlap.load(Ordering::SeqCst) >= 2);
     }
 }
