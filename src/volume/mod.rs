@@ -147,8 +147,9 @@ struct State {
     orphans: u64,
     /// Modification and change times of files overwritten in place since their
     /// records were last stored: [`Volume::load`] lays them over the records and a
-    /// commit (or a clone of the cluster) stores them.
-    times: HashMap<Ino, (i64, i64)>,
+    /// commit (or a clone of the cluster) stores them. Behind a lock of its own:
+    /// overwrites in place hold the state shared.
+    times: Mutex<HashMap<Ino, (i64, i64)>>,
 }
 
 impl Cluster {
@@ -162,7 +163,7 @@ impl Cluster {
                 itable: rec.itable,
                 next_ino: rec.next_ino,
                 orphans: rec.orphans,
-                times: HashMap::new(),
+                times: Mutex::default(),
             }),
             dirs: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
@@ -670,7 +671,7 @@ impl Volume {
                 why: format!("inode {ino}: {why}"),
             })?
             .ok_or(Error::NotFound)?;
-        if let Some(&(mtime, ctime)) = st.times.get(&ino) {
+        if let Some(&(mtime, ctime)) = st.times.lock().unwrap().get(&ino) {
             i.mtime = mtime;
             i.ctime = ctime;
         }
@@ -686,14 +687,14 @@ impl Volume {
             &i.encode(),
             true,
         )?;
-        st.times.remove(&ino);
+        st.times.get_mut().unwrap().remove(&ino);
         cl.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Stores the times waiting in `st.times` into their records.
     fn store_times(&self, cl: &Cluster, st: &mut State) -> Result<()> {
-        let waiting: Vec<Ino> = st.times.keys().copied().collect();
+        let waiting: Vec<Ino> = st.times.get_mut().unwrap().keys().copied().collect();
         for ino in waiting {
             let i = self.load(st, ino)?;
             self.store_inode(cl, st, ino, &i)?;
@@ -715,7 +716,7 @@ impl Volume {
             &[0; inode::INODE_BYTES],
             true,
         )?;
-        st.times.remove(&ino);
+        st.times.get_mut().unwrap().remove(&ino);
         cl.dirs.lock().unwrap().remove(&ino);
         cl.dirty.store(true, Ordering::Release);
         Ok(())
@@ -1480,10 +1481,16 @@ impl Volume {
         {
             return Err(Error::TooBig);
         }
-        self.op(c, false, |op| {
-            if let Some(n) = self.overwrite_in_place(op.st, ino, offset, data, who)? {
+        {
+            let _gate = self.change()?;
+            let done = self.read_op(c, |_, st| {
+                self.overwrite_in_place(st, ino, offset, data, who)
+            })?;
+            if let Some(n) = done {
                 return Ok(n);
             }
+        }
+        self.op(c, false, |op| {
             let i = op.inode(ino)?;
             if i.kind == Kind::Dir {
                 return Err(Error::IsADirectory);
@@ -1521,9 +1528,16 @@ impl Volume {
     /// its times. The pages are written in place and the times wait in `st.times`,
     /// so the cluster's tree is not touched and an epoch with nothing else needs no
     /// commit. None (nothing written) when the write needs more than that.
+    ///
+    /// It holds the cluster's state shared, so writers of different files (or of
+    /// different pages of one, with the writeback cache) write at once. That is
+    /// sound because what it reads stays put while the state is held: a page of
+    /// this cluster's trees gains a reference only by a change or a clone of this
+    /// cluster, which holds the state exclusively, and a page's count of 1 can
+    /// only grow that way.
     fn overwrite_in_place(
         &self,
-        st: &mut State,
+        st: &State,
         ino: Ino,
         offset: u64,
         data: &[u8],
@@ -1570,11 +1584,14 @@ impl Volume {
         }
         if !who.from_cache {
             let now = inode::now_ns();
-            st.times.insert(ino, (now, now));
-            self.times_since
-                .lock()
-                .unwrap()
-                .get_or_insert_with(Instant::now);
+            // Times already waiting mean `times_since` is set: only a commit,
+            // which holds the gate, clears both.
+            if st.times.lock().unwrap().insert(ino, (now, now)).is_none() {
+                self.times_since
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(Instant::now);
+            }
         }
         Ok(Some(done))
     }

@@ -423,6 +423,77 @@ fn an_overwrite_in_place_leaves_the_tree_alone_and_its_times_reach_clones_and_co
 }
 
 #[test]
+fn clones_taken_among_concurrent_overwrites_hold_whole_writes_and_keep_them() {
+    const PAGES: u32 = 8;
+    let (v, _) = vol(16384);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let files: Vec<Ino> = (0..3).map(|t| file(&v, c, &format!("f{t}"))).collect();
+    for &f in &files {
+        v.write(c, f, 0, &vec![0u8; PAGES as usize * 4096]).unwrap();
+    }
+    // Write k fills page k % PAGES with k: the largest value in a file is the last
+    // write it holds.
+    let page = |k: u32| k.to_le_bytes().repeat(1024);
+    let last_write = |cl: ClusterId, f: Ino| {
+        let b = v.read(cl, f, 0, PAGES as usize * 4096).unwrap();
+        let mut most = 0;
+        for p in b.chunks(4096) {
+            let k = u32::from_le_bytes(p[..4].try_into().unwrap());
+            assert_eq!(p, &page(k)[..], "a page holds part of a write");
+            most = most.max(k);
+        }
+        most
+    };
+    let done: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let snapshot = || -> Vec<u64> { done.iter().map(|d| d.load(Ordering::SeqCst)).collect() };
+    let clones = std::thread::scope(|s| {
+        for (t, &f) in files.iter().enumerate() {
+            let (v, done, stop) = (&v, &done, &stop);
+            s.spawn(move || {
+                for k in 1.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let off = u64::from(k % PAGES) * 4096;
+                    assert_eq!(v.write(c, f, off, &page(k)).unwrap(), 4096);
+                    done[t].store(u64::from(k), Ordering::SeqCst);
+                }
+            });
+        }
+        let mut clones = Vec::new();
+        for n in 0..20 {
+            let before = snapshot();
+            let id = v.clone_cluster("c", &format!("s{n}")).unwrap().id;
+            let after = snapshot();
+            let held: Vec<u32> = files.iter().map(|&f| last_write(id, f)).collect();
+            for t in 0..files.len() {
+                let k = u64::from(held[t]);
+                assert!(
+                    before[t] <= k && k <= after[t] + 1,
+                    "clone {n}, file {t}: holds write {k}, taken between {} and {}",
+                    before[t],
+                    after[t]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            clones.push((id, held));
+        }
+        stop.store(true, Ordering::SeqCst);
+        clones
+    });
+    // The writes after each clone left it as it was taken.
+    for (id, held) in clones {
+        let now: Vec<u32> = files.iter().map(|&f| last_write(id, f)).collect();
+        assert_eq!(now, held);
+    }
+    for (t, &f) in files.iter().enumerate() {
+        assert_eq!(u64::from(last_write(c, f)), done[t].load(Ordering::SeqCst));
+    }
+    clean(&v);
+}
+
+#[test]
 fn a_file_unlinked_while_open_lives_until_its_last_release() {
     let (v, _) = vol(4096);
     let c = v.create_cluster("c", WHO).unwrap().id;
