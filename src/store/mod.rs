@@ -488,7 +488,7 @@ impl Store {
     /// As [`Store::sync`], shared. A caller's writes are durable once a sync that
     /// began after them ends: the caller waits for such a sync when one is in
     /// flight, and otherwise starts its own at once, beside any older one still
-    /// running, so a commit waits for at most one device sync.
+    /// running, so a caller waits through one device sync at most (unless it fails).
     pub fn sync_shared(&self) -> Result<()> {
         let ticket = self.sync_tickets.fetch_add(1, Ordering::AcqRel) + 1;
         let mut syncs = self.syncs.lock().unwrap();
@@ -646,41 +646,34 @@ mod tests {
     /// A device whose syncs take a while and cover the writes finished when they
     /// begin; `durable` is the count of writes some finished sync covers, and
     /// `overlap` the most syncs that were in flight at once.
-    #[derive(Default)]
     struct SlowSync {
-        mem: Option<MemDevice>,
+        mem: MemDevice,
         writes: AtomicU64,
         durable: AtomicU64,
         in_flight: AtomicU64,
         overlap: AtomicU64,
     }
 
-    impl SlowSync {
-        fn mem(&self) -> &MemDevice {
-            self.mem.as_ref().unwrap()
-        }
-    }
-
     impl PageDevice for SlowSync {
         fn page_size(&self) -> usize {
-            self.mem().page_size()
+            self.mem.page_size()
         }
         fn capacity_pages(&self) -> u64 {
-            self.mem().capacity_pages()
+            self.mem.capacity_pages()
         }
         fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> Result<()> {
-            self.mem().read(page, offset, buf)
+            self.mem.read(page, offset, buf)
         }
         fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
-            self.mem().write(page, offset, data)?;
+            self.mem.write(page, offset, data)?;
             self.writes.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
         fn allocate(&self, start: u64, count: u64) -> Result<()> {
-            self.mem().allocate(start, count)
+            self.mem.allocate(start, count)
         }
         fn free(&self, start: u64, count: u64) {
-            self.mem().free(start, count)
+            self.mem.free(start, count)
         }
         fn sync(&self) -> Result<()> {
             let covers = self.writes.load(Ordering::SeqCst);
@@ -696,8 +689,11 @@ mod tests {
     #[test]
     fn a_shared_sync_ends_after_a_sync_begun_after_the_callers_writes_and_syncs_overlap() {
         let dev = Arc::new(SlowSync {
-            mem: Some(MemDevice::new(4096, 256)),
-            ..Default::default()
+            mem: MemDevice::new(4096, 256),
+            writes: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            overlap: AtomicU64::new(0),
         });
         Store::format(dev.as_ref(), 7).unwrap();
         let (store, _) = Store::open(dev.clone(), Path::new("slow")).unwrap();

@@ -1532,9 +1532,11 @@ impl Volume {
     /// It holds the cluster's state shared, so writers of different files (or of
     /// different pages of one, with the writeback cache) write at once. That is
     /// sound because what it reads stays put while the state is held: a page of
-    /// this cluster's trees gains a reference only by a change or a clone of this
-    /// cluster, which holds the state exclusively, and a page's count of 1 can
-    /// only grow that way.
+    /// this cluster's trees whose path is private gains a reference only by a
+    /// change of this cluster, a clone of it or a copy_file_range from it, each of
+    /// which holds the state exclusively. (Another cluster's copy of a node shared
+    /// with this one raises the counts below it at once and lowers the node's own
+    /// only at a commit, which holds the gate.)
     fn overwrite_in_place(
         &self,
         st: &State,
@@ -2211,17 +2213,19 @@ impl Volume {
         doff: u64,
         len: u64,
     ) -> Result<u64> {
-        // Two clusters: lock both in id order, the source shared, the destination exclusive.
+        // Two clusters: lock both in id order, exclusively. The source too: the
+        // pages it shares gain a reference, which an overwrite in place (holding
+        // the source shared) must not miss.
         self.with_room(|| {
             let _gate = self.change()?;
             let (s, d) = (self.cluster(sc)?, self.cluster(dc)?);
             let (sst, mut dst_st);
             if sc < dc {
-                sst = s.state.read().unwrap();
+                sst = s.state.write().unwrap();
                 dst_st = d.state.write().unwrap();
             } else {
                 dst_st = d.state.write().unwrap();
-                sst = s.state.read().unwrap();
+                sst = s.state.write().unwrap();
             }
             self.room()?;
             let src = self.load(&sst, sino)?;

@@ -494,6 +494,61 @@ fn clones_taken_among_concurrent_overwrites_hold_whole_writes_and_keep_them() {
 }
 
 #[test]
+fn copies_to_another_cluster_taken_among_overwrites_hold_whole_writes_and_keep_them() {
+    const PAGES: u32 = 8;
+    const COPIES: usize = 1000;
+    let (v, _) = vol(65536);
+    let a = v.create_cluster("a", WHO).unwrap().id;
+    let b = v.create_cluster("b", WHO).unwrap().id;
+    let f = file(&v, a, "f");
+    v.write(a, f, 0, &vec![0u8; PAGES as usize * 4096]).unwrap();
+    let copies: Vec<Ino> = (0..COPIES).map(|n| file(&v, b, &format!("g{n}"))).collect();
+    // Write k fills the whole file with k; a copy takes its first page.
+    let fill = |k: u32, pages: u32| k.to_le_bytes().repeat(pages as usize * 1024);
+    let last_write = |cl: ClusterId, f: Ino| {
+        let b = v.read(cl, f, 0, 4096).unwrap();
+        let k = u32::from_le_bytes(b[..4].try_into().unwrap());
+        assert!(b == fill(k, 1), "a page holds parts of two writes");
+        k
+    };
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let held = std::thread::scope(|s| {
+        let (v, done, stop) = (&v, &done, &stop);
+        s.spawn(move || {
+            for k in 1.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                assert_eq!(
+                    v.write(a, f, 0, &fill(k, PAGES)).unwrap(),
+                    PAGES as usize * 4096
+                );
+                done.store(u64::from(k), Ordering::SeqCst);
+            }
+        });
+        let mut held = Vec::new();
+        for &g in &copies {
+            let before = done.load(Ordering::SeqCst);
+            assert_eq!(v.copy_range(a, f, 0, b, g, 0, 4096).unwrap(), 4096);
+            let after = done.load(Ordering::SeqCst);
+            let k = last_write(b, g);
+            assert!(
+                before <= u64::from(k) && u64::from(k) <= after + 1,
+                "holds write {k}, copied between {before} and {after}"
+            );
+            held.push(k);
+        }
+        stop.store(true, Ordering::SeqCst);
+        held
+    });
+    for (&g, k) in copies.iter().zip(held) {
+        assert_eq!(last_write(b, g), k, "a copy changed after it was made");
+    }
+    clean(&v);
+}
+
+#[test]
 fn a_file_unlinked_while_open_lives_until_its_last_release() {
     let (v, _) = vol(4096);
     let c = v.create_cluster("c", WHO).unwrap().id;
