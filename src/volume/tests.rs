@@ -422,6 +422,56 @@ fn an_overwrite_in_place_leaves_the_tree_alone_and_its_times_reach_clones_and_co
     clean(&v2);
 }
 
+/// `pages` pages holding write number `k` throughout.
+fn filled(k: u32, pages: u32) -> Vec<u8> {
+    k.to_le_bytes().repeat(pages as usize * 1024)
+}
+
+/// The latest write the first `pages` pages of a file written with [`filled`]
+/// hold (the largest number); fails if a page holds parts of two writes.
+fn last_write(v: &Volume, c: ClusterId, f: Ino, pages: u32) -> u32 {
+    let b = v.read(c, f, 0, pages as usize * 4096).unwrap();
+    let mut most = 0;
+    for p in b.chunks(4096) {
+        let k = u32::from_le_bytes(p[..4].try_into().unwrap());
+        assert!(p == filled(k, 1), "a page holds parts of two writes");
+        most = most.max(k);
+    }
+    most
+}
+
+/// Runs `write(k)` for k = 1, 2, ... until `stop`, each time then publishing k in
+/// `done`.
+fn overwrite_until(stop: &AtomicBool, done: &AtomicU64, write: impl Fn(u32)) {
+    for k in 1.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        write(k);
+        done.store(u64::from(k), Ordering::SeqCst);
+    }
+}
+
+/// Sets its flag when dropped: a test's writers stop even when a check of the
+/// thread that owns it fails (the scope would otherwise wait for them forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A snapshot that holds write `k` was taken after write `before` returned and
+/// before write `after + 2` began.
+fn assert_taken_between(what: &str, k: u32, before: u64, after: u64) {
+    let k = u64::from(k);
+    assert!(
+        before <= k && k <= after + 1,
+        "{what} holds write {k}, taken between {before} and {after}"
+    );
+}
+
 #[test]
 fn clones_taken_among_concurrent_overwrites_hold_whole_writes_and_keep_them() {
     const PAGES: u32 = 8;
@@ -431,19 +481,7 @@ fn clones_taken_among_concurrent_overwrites_hold_whole_writes_and_keep_them() {
     for &f in &files {
         v.write(c, f, 0, &vec![0u8; PAGES as usize * 4096]).unwrap();
     }
-    // Write k fills page k % PAGES with k: the largest value in a file is the last
-    // write it holds.
-    let page = |k: u32| k.to_le_bytes().repeat(1024);
-    let last_write = |cl: ClusterId, f: Ino| {
-        let b = v.read(cl, f, 0, PAGES as usize * 4096).unwrap();
-        let mut most = 0;
-        for p in b.chunks(4096) {
-            let k = u32::from_le_bytes(p[..4].try_into().unwrap());
-            assert_eq!(p, &page(k)[..], "a page holds part of a write");
-            most = most.max(k);
-        }
-        most
-    };
+    // Write k fills page k % PAGES with k.
     let done: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
     let stop = AtomicBool::new(false);
     let snapshot = || -> Vec<u64> { done.iter().map(|d| d.load(Ordering::SeqCst)).collect() };
@@ -451,44 +489,42 @@ fn clones_taken_among_concurrent_overwrites_hold_whole_writes_and_keep_them() {
         for (t, &f) in files.iter().enumerate() {
             let (v, done, stop) = (&v, &done, &stop);
             s.spawn(move || {
-                for k in 1.. {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
+                overwrite_until(stop, &done[t], |k| {
                     let off = u64::from(k % PAGES) * 4096;
-                    assert_eq!(v.write(c, f, off, &page(k)).unwrap(), 4096);
-                    done[t].store(u64::from(k), Ordering::SeqCst);
-                }
+                    assert_eq!(v.write(c, f, off, &filled(k, 1)).unwrap(), 4096);
+                })
             });
         }
+        let _stop = StopOnDrop(&stop);
         let mut clones = Vec::new();
         for n in 0..20 {
             let before = snapshot();
             let id = v.clone_cluster("c", &format!("s{n}")).unwrap().id;
             let after = snapshot();
-            let held: Vec<u32> = files.iter().map(|&f| last_write(id, f)).collect();
+            let held: Vec<u32> = files
+                .iter()
+                .map(|&f| last_write(&v, id, f, PAGES))
+                .collect();
             for t in 0..files.len() {
-                let k = u64::from(held[t]);
-                assert!(
-                    before[t] <= k && k <= after[t] + 1,
-                    "clone {n}, file {t}: holds write {k}, taken between {} and {}",
-                    before[t],
-                    after[t]
-                );
+                let what = format!("clone {n}, file {t},");
+                assert_taken_between(&what, held[t], before[t], after[t]);
             }
             std::thread::sleep(Duration::from_millis(1));
             clones.push((id, held));
         }
-        stop.store(true, Ordering::SeqCst);
         clones
     });
     // The writes after each clone left it as it was taken.
     for (id, held) in clones {
-        let now: Vec<u32> = files.iter().map(|&f| last_write(id, f)).collect();
+        let now: Vec<u32> = files
+            .iter()
+            .map(|&f| last_write(&v, id, f, PAGES))
+            .collect();
         assert_eq!(now, held);
     }
     for (t, &f) in files.iter().enumerate() {
-        assert_eq!(u64::from(last_write(c, f)), done[t].load(Ordering::SeqCst));
+        let last = last_write(&v, c, f, PAGES);
+        assert_eq!(u64::from(last), done[t].load(Ordering::SeqCst));
     }
     clean(&v);
 }
@@ -504,46 +540,34 @@ fn copies_to_another_cluster_taken_among_overwrites_hold_whole_writes_and_keep_t
     v.write(a, f, 0, &vec![0u8; PAGES as usize * 4096]).unwrap();
     let copies: Vec<Ino> = (0..COPIES).map(|n| file(&v, b, &format!("g{n}"))).collect();
     // Write k fills the whole file with k; a copy takes its first page.
-    let fill = |k: u32, pages: u32| k.to_le_bytes().repeat(pages as usize * 1024);
-    let last_write = |cl: ClusterId, f: Ino| {
-        let b = v.read(cl, f, 0, 4096).unwrap();
-        let k = u32::from_le_bytes(b[..4].try_into().unwrap());
-        assert!(b == fill(k, 1), "a page holds parts of two writes");
-        k
-    };
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let held = std::thread::scope(|s| {
         let (v, done, stop) = (&v, &done, &stop);
         s.spawn(move || {
-            for k in 1.. {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                assert_eq!(
-                    v.write(a, f, 0, &fill(k, PAGES)).unwrap(),
-                    PAGES as usize * 4096
-                );
-                done.store(u64::from(k), Ordering::SeqCst);
-            }
+            overwrite_until(stop, done, |k| {
+                let n = v.write(a, f, 0, &filled(k, PAGES)).unwrap();
+                assert_eq!(n, PAGES as usize * 4096);
+            })
         });
+        let _stop = StopOnDrop(stop);
         let mut held = Vec::new();
         for &g in &copies {
             let before = done.load(Ordering::SeqCst);
             assert_eq!(v.copy_range(a, f, 0, b, g, 0, 4096).unwrap(), 4096);
             let after = done.load(Ordering::SeqCst);
-            let k = last_write(b, g);
-            assert!(
-                before <= u64::from(k) && u64::from(k) <= after + 1,
-                "holds write {k}, copied between {before} and {after}"
-            );
+            let k = last_write(v, b, g, 1);
+            assert_taken_between(&format!("copy {g}"), k, before, after);
             held.push(k);
         }
-        stop.store(true, Ordering::SeqCst);
         held
     });
     for (&g, k) in copies.iter().zip(held) {
-        assert_eq!(last_write(b, g), k, "a copy changed after it was made");
+        assert_eq!(
+            last_write(&v, b, g, 1),
+            k,
+            "a copy changed after it was made"
+        );
     }
     clean(&v);
 }
