@@ -272,6 +272,24 @@ $me: PASS
 EOF
 }
 
+# postgres_on_mount: make_scratch, a socket dir ($sock) the servers (user postgres) can use, the mount, and a
+# PostgreSQL data directory initialised on cluster prod ($mnt/prod/pgdata); start_server serves it.
+postgres_on_mount() {
+  make_scratch
+  chmod 755 "$dir" # the servers run as postgres and must reach the mount below it
+  sock=$dir/sock
+  mkdir -p "$sock"
+  chown postgres: "$sock"
+  mount_store
+  timeout 30 mkdir "$mnt/prod/pgdata"
+  timeout 30 chown postgres: "$mnt/prod/pgdata"
+  timeout 30 chmod 700 "$mnt/prod/pgdata"
+  say "initdb on the mount"
+  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
+    fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
+}
+
 # Installs PostgreSQL (server, pgbench, pg_amcheck) if missing, puts its binaries first
 # on PATH (pgbin), checks the other tools and builds clonefs. Needs root.
 setup_postgres() {

@@ -101,21 +101,8 @@ ends_within() {
 log_ms() { date -d "$(cut -d' ' -f1-3 <<<"$1")" +%s%3N; }
 
 # ---- scratch dir, store, mount, initdb, load ---------------------------------------
-make_scratch
-chmod 755 "$dir" # the server runs as postgres and must reach the mount below it
-sock=$dir/sock
-mkdir -p "$sock"
-chown postgres: "$sock"
+postgres_on_mount
 touch "$dir/ledger.txt"
-mount_store
-timeout 30 mkdir "$mnt/prod/pgdata"
-timeout 30 chown postgres: "$mnt/prod/pgdata"
-timeout 30 chmod 700 "$mnt/prod/pgdata"
-
-say "initdb on the mount"
-timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-  initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
-  fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
 start_server prod "$mnt/prod/pgdata" "$port"
 
 say "loading: pgbench -i -s $scale"

@@ -12,16 +12,8 @@ load_secs=${DB_LOAD_SECS:-20} # write load; the clone happens halfway through
 # ---- engine and tools -----------------------------------------------------------
 setup_postgres
 
-# ---- scratch dir, store, mount ---------------------------------------------------
-make_scratch
-chmod 755 "$dir" # the servers run as postgres and must reach the mount below it
-sock=$dir/sock
-mkdir -p "$sock"
-chown postgres: "$sock"
-mount_store
-timeout 30 mkdir "$mnt/prod/pgdata"
-timeout 30 chown postgres: "$mnt/prod/pgdata"
-timeout 30 chmod 700 "$mnt/prod/pgdata"
+# ---- scratch dir, store, mount, initdb ---------------------------------------------
+postgres_on_mount
 
 # ---- servers and clients ---------------------------------------------------------
 # stop_server PID: fast shutdown, then immediate, then SIGKILL; only PIDs we started.
@@ -42,10 +34,6 @@ q() { # q PORT SQL...: one psql call, unaligned, tuples only
   timeout 300 psql -X -q -At -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres "$@"
 }
 
-say "initdb on the mount"
-timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-  initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
-  fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
 start_server prod "$mnt/prod/pgdata" "$port"
 
 # ---- 1. load ------------------------------------------------------------------------
