@@ -62,6 +62,12 @@ const TTL: Duration = Duration::from_secs(1);
 /// Virtual nodes and the names under the mount root and `.clone`: not cached.
 const NO_TTL: Duration = Duration::ZERO;
 const GEN: Generation = Generation(0);
+/// A file's cached pages outlive its handles: every change to a file's bytes comes
+/// through this mount, and the kernel drops the ranges it cannot vouch for itself
+/// (truncate, fallocate, the destination of copy_file_range, a failed write). A
+/// clone's files have node ids of their own. Without it each open would drop the
+/// file's cache, and the next reads and writes would fill fresh pages again.
+const FILE_OPEN: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 /// statfs: the volume has no inode limit; report a large, steady figure.
 const FILES: u64 = 1 << 40;
 
@@ -1218,8 +1224,8 @@ impl Filesystem for CloneFs {
                 }
             }
             Node::File(c, i) => match self.vol.open_file(c, i) {
-                // Neither FOPEN_DIRECT_IO (it breaks shared mmap) nor FOPEN_KEEP_CACHE.
-                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                // Never FOPEN_DIRECT_IO: it breaks shared mmap.
+                Ok(()) => reply.opened(FileHandle(0), FILE_OPEN),
                 Err(e) => reply.error(self.fail("open", n, e)),
             },
             _ => reply.error(Errno::EISDIR),
@@ -1580,7 +1586,7 @@ impl Filesystem for CloneFs {
             Ok(a)
         });
         match made {
-            Ok(e) => reply.created(&e.ttl, &e.attr, GEN, FileHandle(0), FopenFlags::empty()),
+            Ok(e) => reply.created(&e.ttl, &e.attr, GEN, FileHandle(0), FILE_OPEN),
             Err(e) => reply.error(e),
         }
     }

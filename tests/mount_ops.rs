@@ -905,6 +905,69 @@ fn aligned(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
     &mut v[off..off + len]
 }
 
+/// How many of the first `pages` pages of `f` the kernel has cached (mincore of a
+/// fresh mapping: mapping a file reads nothing).
+fn cached_pages(f: &File, pages: usize) -> usize {
+    let len = pages * 4096;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of `len` bytes of an open file at least
+    // that long, only passed to mincore and unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+        assert_eq!(libc::mincore(p, len, vec.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+    }
+    vec.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+#[test]
+fn a_files_cached_pages_outlive_its_handles() {
+    let Some(m) = mount_with(&[]) else { return };
+    let p = m.path("c/f");
+    fs::write(&p, vec![7u8; 16 * 4096]).unwrap();
+    let f = File::open(&p).unwrap();
+    assert_eq!(
+        cached_pages(&f, 16),
+        16,
+        "an open dropped the pages the last handle's writes left cached"
+    );
+    drop(f);
+    // Pages the kernel cannot vouch for are dropped all the same: the destination
+    // of a copy_file_range, which the daemon writes.
+    fs::write(m.path("c/g"), vec![9u8; 16 * 4096]).unwrap();
+    let (src, dst) = (
+        File::open(m.path("c/g")).unwrap(),
+        OpenOptions::new().write(true).open(&p).unwrap(),
+    );
+    let (mut i, mut o) = (0i64, 4096i64);
+    // SAFETY: open descriptors and valid offset pointers.
+    let n =
+        unsafe { libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, 8192, 0) };
+    assert_eq!(n, 8192, "copy_file_range: {}", io::Error::last_os_error());
+    drop(dst);
+    let got = fs::read(&p).unwrap();
+    assert!(
+        got[..4096].iter().all(|&b| b == 7),
+        "bytes before the copy changed"
+    );
+    assert!(
+        got[4096..12288].iter().all(|&b| b == 9),
+        "a reopened file shows stale pages where bytes were copied"
+    );
+    assert!(
+        got[12288..].iter().all(|&b| b == 7),
+        "bytes after the copy changed"
+    );
+}
+
 #[test]
 fn o_direct_reads_and_writes_aligned_buffers() {
     let Some(m) = mount_with(&[]) else { return };
@@ -1150,16 +1213,18 @@ fn random_file_operations_match_a_local_file_system_on(opts: &[&str]) {
     let Some(m) = mount_with(opts) else { return };
     let native = native_dir();
     let paths = [native.path().join("fsx"), m.path("c/fsx")];
-    let files: Vec<File> = paths
+    let open = |p: &PathBuf| OpenOptions::new().read(true).write(true).open(p).unwrap();
+    for p in &paths {
+        File::create(p).unwrap();
+    }
+    let mut files: Vec<File> = paths.iter().map(open).collect();
+    // Where copy_file_range copies from: the same bytes on both sides.
+    let source_bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+    let sources: Vec<File> = [native.path().join("src"), m.path("c/src")]
         .iter()
         .map(|p| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(p)
-                .unwrap()
+            fs::write(p, &source_bytes).unwrap();
+            File::open(p).unwrap()
         })
         .collect();
     const MAX: u64 = 1 << 20;
@@ -1179,7 +1244,7 @@ fn random_file_operations_match_a_local_file_system_on(opts: &[&str]) {
         let span = if rng.below(4) == 0 { 200_000 } else { 9000 };
         let len = 1 + rng.below(span);
         let fill = (step % 251) as u8 + 1;
-        let op = rng.below(8);
+        let op = rng.below(10);
         let what = match op {
             0 | 1 => {
                 let data = vec![fill; len as usize];
@@ -1228,6 +1293,34 @@ fn random_file_operations_match_a_local_file_system_on(opts: &[&str]) {
                     }
                 }
                 format!("mapped write of 100 at {at}")
+            }
+            7 => {
+                let from = rng.below(MAX - len);
+                for (f, src) in files.iter().zip(&sources) {
+                    let (mut i, mut o) = (from as i64, off as i64);
+                    let mut left = len as usize;
+                    while left > 0 {
+                        // SAFETY: open descriptors and valid offset pointers.
+                        let n = unsafe {
+                            libc::copy_file_range(
+                                src.as_raw_fd(),
+                                &mut i,
+                                f.as_raw_fd(),
+                                &mut o,
+                                left,
+                                0,
+                            )
+                        };
+                        assert!(n > 0, "copy_file_range: {}", io::Error::last_os_error());
+                        left -= n as usize;
+                    }
+                }
+                format!("copy_file_range {len} from {from} to {off}")
+            }
+            8 => {
+                // Close and open again: the page cache outlives the handles.
+                files = paths.iter().map(open).collect();
+                "reopen".to_string()
             }
             _ => {
                 let mut a = vec![0u8; len as usize];
