@@ -53,6 +53,14 @@ pub trait PageDevice: Send + Sync {
 /// rewritten many times between syncs, so they stay copies.
 const PWRITE_MIN: usize = 4096;
 
+/// The most one pwrite(2) stores. The host's page cache sizes a folio by the write
+/// that creates it, and on ext4 every later write into a folio walks all its block
+/// buffers: a 4 KiB overwrite of a page first stored by a 1 MiB write took 23 us
+/// of FUSE write latency, against 14 us with 64 KiB pieces (random 4 KiB write +
+/// fdatasync over a file laid out in 1 MiB writes: +8% IOPS), while sequential 1 MiB
+/// writes lose 5%.
+const PWRITE_CHUNK: usize = 64 << 10;
+
 /// A store file mapped into memory.
 pub struct MmapDevice {
     path: PathBuf,
@@ -205,7 +213,10 @@ impl PageDevice for MmapDevice {
         if data.len() >= PWRITE_MIN {
             // Straight into the page cache: the same pages the mapping shows.
             use std::os::unix::fs::FileExt;
-            self.file.write_all_at(data, start as u64)?;
+            for (k, part) in data.chunks(PWRITE_CHUNK).enumerate() {
+                self.file
+                    .write_all_at(part, (start + k * PWRITE_CHUNK) as u64)?;
+            }
             return Ok(());
         }
         // SAFETY: as in `read`; the destination range is inside the mapping and no
