@@ -290,6 +290,24 @@ fn cluster_dir_attr(node: Node, root: &Attr, blksize: u32, perm: u16) -> FileAtt
     a
 }
 
+/// The attributes of `SRC/.clone/NAME`, the read-only directory standing for clone `c`.
+fn marker_attr(vol: &Volume, blksize: u32, c: ClusterId) -> Result<FileAttr, Error> {
+    let root = vol.getattr(c, Ino::ROOT)?;
+    Ok(cluster_dir_attr(Node::Marker(c), &root, blksize, 0o555))
+}
+
+/// `mkdir SRC/.clone/NAME`: clones cluster `src` as `name`; the entry of its marker.
+fn clone_entry(vol: &Volume, blksize: u32, src: ClusterId, name: &str) -> Result<Entry, Error> {
+    let started = Instant::now();
+    let c = vol.clone_cluster(&vol.cluster_info(src)?.name, name)?.id;
+    debug!("clone {name} made in {:?}", started.elapsed());
+    let node = Node::Marker(c);
+    Ok(Entry {
+        attr: marker_attr(vol, blksize, c)?,
+        ttl: CloneFs::entry_ttl(Node::Control(src)).min(CloneFs::attr_ttl(node)),
+    })
+}
+
 fn file_attr(node: Node, a: &Attr, blksize: u32) -> FileAttr {
     FileAttr {
         ino: node.id(),
@@ -517,12 +535,7 @@ impl CloneFs {
                 self.blksize,
                 0o755,
             )),
-            Node::Marker(c) => Ok(cluster_dir_attr(
-                node,
-                &self.vol.getattr(c, Ino::ROOT)?,
-                self.blksize,
-                0o555,
-            )),
+            Node::Marker(c) => marker_attr(&self.vol, self.blksize, c),
         }
     }
 
@@ -582,22 +595,13 @@ impl CloneFs {
                         Ok(()) => {}
                     }
                 }
-                let made = vol
-                    .cluster_info(src)
-                    .and_then(|s| vol.clone_cluster(&s.name, &name))
-                    .and_then(|cl| Ok((cl.id, vol.getattr(cl.id, Ino::ROOT)?)));
-                match made {
-                    Ok((c, root)) => {
-                        debug!(
-                            "clone {name} made in {:?} after writing back {} open files",
-                            started.elapsed(),
-                            open.len()
-                        );
-                        let node = Node::Marker(c);
-                        let attr = cluster_dir_attr(node, &root, blksize, 0o555);
-                        let ttl = Self::entry_ttl(Node::Control(src)).min(Self::attr_ttl(node));
-                        reply.entry_with_ttls(&ttl, &ttl, &attr, GEN)
-                    }
+                debug!(
+                    "wrote back {} open files in {:?} for clone {name}",
+                    open.len(),
+                    started.elapsed()
+                );
+                match clone_entry(&vol, blksize, src, &name) {
+                    Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
                     Err(e) => {
                         warn!("mkdir (clone) {name} of cluster {src:?}: {e}");
                         reply.error(errno(e.errno()))
@@ -1047,14 +1051,7 @@ impl Filesystem for CloneFs {
                         _ => {}
                     }
                 }
-                let started = Instant::now();
-                self.cluster_name(src)
-                    .and_then(|s| self.vol.clone_cluster(&s, &name))
-                    .map(|cl| {
-                        debug!("clone {name} made in {:?}", started.elapsed());
-                        cl.id
-                    })
-                    .and_then(|c| self.entry(p, Node::Marker(c)))
+                clone_entry(&self.vol, self.blksize, src, &name)
                     .map_err(|e| self.fail("mkdir (clone)", p, e))
             }
             _ => self.make("mkdir", p, name, |c, ino| {
