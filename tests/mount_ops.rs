@@ -905,23 +905,15 @@ fn aligned(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
     &mut v[off..off + len]
 }
 
-/// How many of the first `pages` pages of `f` the kernel has cached (mincore of a
-/// fresh mapping: mapping a file reads nothing).
+/// How many of the first `pages` pages of `f` (open for reading and writing) the
+/// kernel has cached: mincore of a fresh mapping, since mapping a file reads nothing.
 fn cached_pages(f: &File, pages: usize) -> usize {
     let len = pages * 4096;
     let mut vec = vec![0u8; pages];
-    // SAFETY: a read-only shared mapping of `len` bytes of an open file at least
-    // that long, only passed to mincore and unmapped.
+    // SAFETY: a mapping of `len` bytes of an open file at least that long, only
+    // passed to mincore and unmapped.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+        let p = map_shared(f.as_raw_fd(), len).as_mut_ptr().cast();
         assert_eq!(libc::mincore(p, len, vec.as_mut_ptr()), 0);
         libc::munmap(p, len);
     }
@@ -933,7 +925,7 @@ fn a_files_cached_pages_outlive_its_handles() {
     let Some(m) = mount_with(&[]) else { return };
     let p = m.path("c/f");
     fs::write(&p, vec![7u8; 16 * 4096]).unwrap();
-    let f = File::open(&p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
     assert_eq!(
         cached_pages(&f, 16),
         16,
