@@ -288,6 +288,16 @@ pub enum SetTime {
     Now,
 }
 
+impl SetTime {
+    /// The time in nanoseconds since the epoch, `now` standing for the call's time.
+    pub fn ns(self, now: i64) -> i64 {
+        match self {
+            SetTime::Now => now,
+            SetTime::At(t) => from_system_time(t),
+        }
+    }
+}
+
 /// What `setattr` changes; `None` leaves a field alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {

@@ -1028,6 +1028,9 @@ impl Volume {
     }
 
     pub fn setattr(&self, c: ClusterId, ino: Ino, sa: &SetAttr) -> Result<Attr> {
+        if let Some(a) = self.set_mtime_waiting(c, ino, sa)? {
+            return Ok(a);
+        }
         // A size change allocates no data page; its metadata comes from the reserve.
         self.op(c, false, |op| {
             let now = inode::now_ns();
@@ -1069,16 +1072,12 @@ impl Volume {
                 i.gid = g;
                 i.ctime = now;
             }
-            let at = |t: SetTime| match t {
-                SetTime::Now => now,
-                SetTime::At(t) => inode::from_system_time(t),
-            };
             if let Some(t) = sa.atime {
-                i.atime = at(t);
+                i.atime = t.ns(now);
                 i.ctime = now;
             }
             if let Some(t) = sa.mtime {
-                i.mtime = at(t);
+                i.mtime = t.ns(now);
                 i.ctime = now;
             }
             if let Some(t) = sa.ctime {
@@ -1086,6 +1085,55 @@ impl Volume {
             }
             Ok(i.attr(ino, ps))
         })
+    }
+
+    /// A setattr of the modification time (and change time) alone, which is how the
+    /// kernel hands over the times its writeback cache kept for written files, waits
+    /// in `st.times` as an overwrite in place's times do: the tree is not touched, so
+    /// the fdatasync that follows syncs data only. None when `sa` changes more.
+    fn set_mtime_waiting(&self, c: ClusterId, ino: Ino, sa: &SetAttr) -> Result<Option<Attr>> {
+        let SetAttr {
+            perm: None,
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: Some(mtime),
+            ctime,
+            kill_suidgid: false,
+        } = sa
+        else {
+            return Ok(None);
+        };
+        let _gate = self.change()?;
+        self.read_op(c, |_, st| {
+            let mut i = self.load(st, ino)?;
+            let now = inode::now_ns();
+            i.mtime = mtime.ns(now);
+            i.ctime = ctime.map_or(now, inode::from_system_time);
+            self.wait_times(st, ino, i.mtime, i.ctime);
+            Ok(Some(i.attr(ino, self.eng.ps as u64)))
+        })
+    }
+
+    /// Lays `mtime` and `ctime` over inode `ino`'s record until the next commit (or
+    /// clone of the cluster) stores them. The caller holds the gate shared and the
+    /// cluster's state.
+    fn wait_times(&self, st: &State, ino: Ino, mtime: i64, ctime: i64) {
+        // Times already waiting mean `times_since` is set: only a commit, which
+        // holds the gate, clears both.
+        if st
+            .times
+            .lock()
+            .unwrap()
+            .insert(ino, (mtime, ctime))
+            .is_none()
+        {
+            self.times_since
+                .lock()
+                .unwrap()
+                .get_or_insert_with(Instant::now);
+        }
     }
 
     /// Creates a file, FIFO, socket or device node.
@@ -1586,14 +1634,7 @@ impl Volume {
         }
         if !who.from_cache {
             let now = inode::now_ns();
-            // Times already waiting mean `times_since` is set: only a commit,
-            // which holds the gate, clears both.
-            if st.times.lock().unwrap().insert(ino, (now, now)).is_none() {
-                self.times_since
-                    .lock()
-                    .unwrap()
-                    .get_or_insert_with(Instant::now);
-            }
+            self.wait_times(st, ino, now, now);
         }
         Ok(Some(done))
     }

@@ -371,6 +371,58 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
 }
 
 #[test]
+fn times_handed_over_by_the_writeback_cache_wait_like_an_overwrites() {
+    let (v, dev) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "wal");
+    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
+    v.fdatasync(c, f).unwrap();
+    let g = v.durable_generation();
+    // What the kernel sends for a write in its cache and the fdatasync after it:
+    // the written page, then the times it kept, then the sync.
+    let cached = Writer {
+        drop_suidgid: false,
+        from_cache: true,
+    };
+    v.write_as(c, f, 8192, b"committed-txn", cached).unwrap();
+    let (m, ct) = (
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+    );
+    let times = SetAttr {
+        mtime: Some(SetTime::At(m)),
+        ctime: Some(ct),
+        ..SetAttr::default()
+    };
+    let a = v.setattr(c, f, &times).unwrap();
+    assert_eq!((a.mtime, a.ctime), (m, ct));
+    assert!(
+        !v.any_dirty() && !v.eng.has_pending(),
+        "the times changed the tree"
+    );
+    v.fdatasync(c, f).unwrap();
+    assert_eq!(v.durable_generation(), g, "the times made fdatasync commit");
+    // A clone takes them, and fsync makes them durable.
+    let t = v.clone_cluster("c", "t").unwrap().id;
+    assert_eq!(v.getattr(t, f).unwrap().mtime, a.mtime);
+    v.fsync(c, f).unwrap();
+    // Anything beside the modification time is an ordinary change.
+    let touch = SetAttr {
+        atime: Some(SetTime::Now),
+        mtime: Some(SetTime::Now),
+        ..SetAttr::default()
+    };
+    v.setattr(c, f, &touch).unwrap();
+    assert!(v.any_dirty());
+    let v2 = after_power_cut(&dev, 11);
+    let c2 = v2.cluster_by_name("c").unwrap().id;
+    let got = v2.getattr(c2, f).unwrap();
+    assert_eq!((got.mtime, got.ctime), (a.mtime, a.ctime));
+    assert_eq!(v2.read(c2, f, 8192, 13).unwrap(), b"committed-txn");
+    clean(&v2);
+}
+
+#[test]
 fn an_overwrite_in_place_leaves_the_tree_alone_and_its_times_reach_clones_and_commits() {
     let (v, dev) = vol(4096);
     let c = v.create_cluster("c", WHO).unwrap().id;
