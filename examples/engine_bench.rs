@@ -12,6 +12,8 @@ const WHO: NewInode = NewInode {
     gid: 0,
 };
 const MIB: u64 = 1 << 20;
+/// Clones timed per data size.
+const CLONE_ROUNDS: usize = 51;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,7 +39,7 @@ fn main() {
 
     // Clone time against data size.
     let chunk: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
-    let mut clone_us = Vec::new();
+    let mut names = Vec::new();
     for (k, size) in sizes.iter().enumerate() {
         let name = format!("data{k}");
         let c = vol.create_cluster(&name, WHO).unwrap().id;
@@ -56,16 +58,26 @@ fn main() {
             format!("{:.0} MiB/s", (*size / MIB) as f64 / secs),
             "-".into(),
         ));
-        let mut times: Vec<f64> = (0..5)
-            .map(|i| {
-                let t = Instant::now();
-                vol.clone_cluster(&name, &format!("{name}-c{i}")).unwrap();
-                t.elapsed().as_secs_f64() * 1e6
-            })
-            .collect();
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        clone_us.push(times[2]);
+        names.push(name);
     }
+    // A clone takes about a microsecond, where one cache miss or interrupt shows:
+    // the sizes take turns, round after round, and each keeps its median.
+    let mut times = vec![Vec::new(); sizes.len()];
+    for round in 0..CLONE_ROUNDS {
+        for (name, t) in names.iter().zip(&mut times) {
+            let start = Instant::now();
+            vol.clone_cluster(name, &format!("{name}-c{round}"))
+                .unwrap();
+            t.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let clone_us: Vec<f64> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            t[t.len() / 2]
+        })
+        .collect();
     for (size, us) in sizes.iter().zip(&clone_us) {
         let verdict = if *us < 10_000.0 {
             "PASS (< 10 ms)"
@@ -73,7 +85,10 @@ fn main() {
             "MISS (< 10 ms)"
         };
         rows.push((
-            format!("clone, {} MiB of data (median of 5)", size / MIB),
+            format!(
+                "clone, {} MiB of data (median of {CLONE_ROUNDS})",
+                size / MIB
+            ),
             format!("{us:.1} us"),
             verdict.into(),
         ));
@@ -129,16 +144,20 @@ fn main() {
             "-".into(),
         ));
     }
-    let spread = rates.iter().cloned().fold(f64::MIN, f64::max)
-        / rates.iter().cloned().fold(f64::MAX, f64::min)
-        - 1.0;
+    // As the mount's lineage row: the deepest read within 10% of the shallowest
+    // (faster is no slowdown).
+    let deep = rates[rates.len() - 1] / rates[0];
     rows.push((
-        "read throughput spread over depths".into(),
-        format!("{:.1}%", spread * 100.0),
-        if spread <= 0.10 {
-            "PASS (<= 10%)"
+        format!(
+            "read at depth {} / at depth {}",
+            depths[depths.len() - 1],
+            depths[0]
+        ),
+        format!("{deep:.2}x"),
+        if deep >= 0.9 {
+            "PASS (>= 0.9x)"
         } else {
-            "MISS (<= 10%)"
+            "MISS (>= 0.9x)"
         }
         .into(),
     ));
