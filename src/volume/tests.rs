@@ -44,6 +44,17 @@ fn file(v: &Volume, c: ClusterId, name: &str) -> Ino {
         .ino
 }
 
+/// A volume with cluster "c" holding "wal": 64 KiB of zeros, synced, so that
+/// overwrites within it go in place.
+fn synced_wal() -> (Arc<Volume>, Arc<MemDevice>, ClusterId, Ino) {
+    let (v, dev) = vol(4096);
+    let c = v.create_cluster("c", WHO).unwrap().id;
+    let f = file(&v, c, "wal");
+    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
+    v.fdatasync(c, f).unwrap();
+    (v, dev, c, f)
+}
+
 fn clean(v: &Volume) {
     let r = v.fsck().unwrap();
     assert!(r.is_clean(), "{r}");
@@ -310,11 +321,7 @@ fn bad_names_are_refused() {
 
 #[test]
 fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
-    let (v, dev) = vol(4096);
-    let c = v.create_cluster("c", WHO).unwrap().id;
-    let f = file(&v, c, "wal");
-    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
-    v.fdatasync(c, f).unwrap();
+    let (v, dev, c, f) = synced_wal();
     // Overwrites in place: no commit needed, the data pages are synced.
     v.write(c, f, 8192, b"committed-txn").unwrap();
     v.fdatasync(c, f).unwrap();
@@ -331,11 +338,7 @@ fn fdatasync_of_an_overwrite_in_place_survives_a_power_cut() {
 
 #[test]
 fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
-    let (v, dev) = vol(4096);
-    let c = v.create_cluster("c", WHO).unwrap().id;
-    let f = file(&v, c, "wal");
-    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
-    v.fdatasync(c, f).unwrap();
+    let (v, dev, c, f) = synced_wal();
     let g = v.durable_generation();
     // The kernel asks every writer without CAP_FSETID to drop the bits.
     v.write_as(c, f, 8192, b"committed-txn", DROPS).unwrap();
@@ -372,11 +375,7 @@ fn a_write_that_drops_no_setuid_bit_is_synced_without_a_commit() {
 
 #[test]
 fn times_handed_over_by_the_writeback_cache_wait_like_an_overwrites() {
-    let (v, dev) = vol(4096);
-    let c = v.create_cluster("c", WHO).unwrap().id;
-    let f = file(&v, c, "wal");
-    v.write(c, f, 0, &vec![0u8; 64 * 1024]).unwrap();
-    v.fdatasync(c, f).unwrap();
+    let (v, dev, c, f) = synced_wal();
     let g = v.durable_generation();
     // What the kernel sends for a write in its cache and the fdatasync after it:
     // the written page, then the times it kept, then the sync.
