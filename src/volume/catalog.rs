@@ -86,11 +86,11 @@ impl Record {
 }
 
 /// The page a catalog record references: its cluster's inode table.
-pub fn record_child(b: &[u8]) -> Child {
+pub fn record_children(b: &[u8]) -> Vec<Child> {
     if b[0] == 0 {
-        return (PageNo::NONE, None);
+        return Vec::new();
     }
-    (PageNo(u64_at(b, 16)), Some(NodeKind::RadixInodes))
+    vec![(PageNo(u64_at(b, 16)), Some(NodeKind::RadixInodes))]
 }
 
 /// Checks a cluster name against the DB-cluster identifier rules.

@@ -1,14 +1,62 @@
-//! Walks over whole trees: recounting references at open, listing records, space
-//! accounting, and fsck.
+//! Space and checks: the store's space, each cluster's, and fsck, all by walks over
+//! whole trees (also the recount of references at open and the listing of records).
 
-use super::catalog::Record;
+use super::catalog::{self, Record};
 use super::dir::Dirent;
-use super::inode::{Ino, Inode, Kind};
+use super::inode::{self, Ino, Inode, Kind};
 use super::node::{Engine, NodeKind, Tree, HEADER};
-use super::ClusterSpace;
+use super::{ClusterSpace, Volume};
 use crate::error::{Error, Result};
-use crate::store::PageNo;
+use crate::store::{PageNo, StoreSpace};
 use std::collections::{HashMap, HashSet};
+
+impl Volume {
+    pub fn statfs(&self) -> StoreSpace {
+        self.eng.store.space()
+    }
+
+    /// Logical, shared and unique bytes of every cluster (a walk of every tree).
+    pub fn space(&self) -> Result<Vec<ClusterSpace>> {
+        // The walk needs every tree still: hold changes off for its length (reads
+        // go on); walking the committed roots under the commit lock instead would
+        // let writers go on too.
+        let _gate = self.gate.write().unwrap();
+        let trees: Vec<(String, Tree)> = self
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .map(|c| (c.name.clone(), c.state.read().unwrap().itable))
+            .collect();
+        space(&self.eng, &trees)
+    }
+
+    /// Checks every tree and every reference count; see [`FsckReport`].
+    pub fn fsck(&self) -> Result<FsckReport> {
+        for _ in 0..10 {
+            self.commit()?;
+            self.commit()?;
+            let gate = self.gate.write().unwrap();
+            if self.read_only || !self.eng.has_pending() {
+                let cs = self.commit.lock().unwrap();
+                let cat = self.catalog.read().unwrap();
+                let clusters: Vec<(String, Tree, u64, u64)> = cat
+                    .by_name
+                    .values()
+                    .map(|c| {
+                        let st = c.state.read().unwrap();
+                        (c.name.clone(), st.itable, st.next_ino, st.orphans)
+                    })
+                    .collect();
+                let r = fsck(&self.eng, cs.tree, &clusters, !self.read_only);
+                drop(gate);
+                return r;
+            }
+        }
+        Err(Error::InvalidArgument("the store is too busy to check"))
+    }
+}
 
 /// Counts every reference the committed trees hold, each shared subtree once. A
 /// node that fails its checks is logged and not descended: its pages stay allocated
@@ -57,7 +105,7 @@ fn record_pages(eng: &Engine, tree: Tree, radix: NodeKind) -> Result<Vec<(u64, V
 pub fn catalog_records(eng: &Engine, tree: Tree) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for (_, b) in record_pages(eng, tree, NodeKind::RadixCatalog)? {
-        for r in b[HEADER..].chunks_exact(NodeKind::Catalog.record_size()) {
+        for r in b[HEADER..].chunks_exact(catalog::RECORD_BYTES) {
             if let Some(rec) = Record::decode(r, PageNo(0))? {
                 out.push(rec);
             }
@@ -70,10 +118,7 @@ pub fn inodes(eng: &Engine, itable: Tree) -> Result<Vec<(Ino, Inode)>> {
     let per = eng.per_page(NodeKind::Inodes);
     let mut out = Vec::new();
     for (idx, b) in record_pages(eng, itable, NodeKind::RadixInodes)? {
-        for (k, r) in b[HEADER..]
-            .chunks_exact(NodeKind::Inodes.record_size())
-            .enumerate()
-        {
+        for (k, r) in b[HEADER..].chunks_exact(inode::INODE_BYTES).enumerate() {
             let ino = Ino(idx * per + k as u64);
             match Inode::decode(r) {
                 Ok(Some(i)) => out.push((ino, i)),

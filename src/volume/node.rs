@@ -70,15 +70,24 @@ impl NodeKind {
             _ => None,
         }
     }
+}
 
-    pub fn record_size(self) -> usize {
-        match self {
-            NodeKind::Inodes => super::inode::INODE_BYTES,
-            NodeKind::Dirents => super::dir::DIRENT_BYTES,
-            NodeKind::Catalog => super::catalog::RECORD_BYTES,
-            _ => 0,
-        }
-    }
+/// How the engine sees one kind of record: its size and the pages it references.
+/// The modules that define the records supply these ([`Records`]); the engine
+/// reads no field of a record itself.
+#[derive(Clone, Copy)]
+pub struct RecordFormat {
+    pub bytes: usize,
+    /// The pages a record references, with their kinds (holes may be included).
+    pub children: fn(&[u8]) -> Vec<Child>,
+}
+
+/// The formats of the record kinds at the leaves of record trees.
+#[derive(Clone, Copy)]
+pub struct Records {
+    pub inodes: RecordFormat,
+    pub dirents: RecordFormat,
+    pub catalog: RecordFormat,
 }
 
 /// A tree: its root page and height (0 = empty).
@@ -115,10 +124,11 @@ pub struct Engine {
     deferred: Mutex<Vec<Deferred>>,
     dirty: Mutex<Vec<PageNo>>,
     verified: Vec<AtomicU64>,
+    records: Records,
 }
 
 impl Engine {
-    pub fn new(store: Store, epoch: u64) -> Engine {
+    pub fn new(store: Store, epoch: u64, records: Records) -> Engine {
         let ps = store.page_size();
         let words = store.capacity_pages().div_ceil(64);
         Engine {
@@ -128,7 +138,18 @@ impl Engine {
             deferred: Mutex::new(Vec::new()),
             dirty: Mutex::new(Vec::new()),
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            records,
             store,
+        }
+    }
+
+    /// The format of record pages of `kind`.
+    fn record(&self, kind: NodeKind) -> &RecordFormat {
+        match kind {
+            NodeKind::Inodes => &self.records.inodes,
+            NodeKind::Dirents => &self.records.dirents,
+            NodeKind::Catalog => &self.records.catalog,
+            _ => panic!("{kind:?} pages hold no records"),
         }
     }
 
@@ -298,16 +319,14 @@ impl Engine {
                 let child = if b[3] == 0 { kind.leaf() } else { Some(kind) };
                 entries().map(|p| (p, child)).collect()
             }
-            NodeKind::Inodes => b[HEADER..]
-                .chunks_exact(kind.record_size())
-                .flat_map(super::inode::Inode::children)
-                .collect(),
-            NodeKind::Catalog => b[HEADER..]
-                .chunks_exact(kind.record_size())
-                .map(super::catalog::record_child)
-                .filter(|(p, _)| !p.is_none())
-                .collect(),
-            NodeKind::Dirents => Vec::new(),
+            NodeKind::Inodes | NodeKind::Dirents | NodeKind::Catalog => {
+                let f = self.record(kind);
+                b[HEADER..]
+                    .chunks_exact(f.bytes)
+                    .flat_map(f.children)
+                    .filter(|(p, _)| !p.is_none())
+                    .collect()
+            }
         }
     }
 
@@ -428,7 +447,7 @@ impl Engine {
 
     /// Records per record page of `kind`.
     pub fn per_page(&self, kind: NodeKind) -> u64 {
-        ((self.ps - HEADER) / kind.record_size()) as u64
+        ((self.ps - HEADER) / self.record(kind).bytes) as u64
     }
 
     /// Reads record `index` of a record tree into `buf` (zeros where none was written).
@@ -449,7 +468,7 @@ impl Engine {
         self.check_node(page, leaf, Some(0))?;
         self.store.read(
             page,
-            HEADER + (index % per) as usize * leaf.record_size(),
+            HEADER + (index % per) as usize * self.record(leaf).bytes,
             buf,
         )
     }
@@ -495,7 +514,7 @@ impl Engine {
         let page = self.writable_record(tree, radix, index, reserve)?;
         self.store.write(
             page,
-            HEADER + (index % per) as usize * leaf.record_size(),
+            HEADER + (index % per) as usize * self.record(leaf).bytes,
             rec,
         )
     }

@@ -1,7 +1,14 @@
 //! Unit tests of the volume layer on an in-memory device.
 
+use super::commit::TIMES_INTERVAL;
 use super::*;
+use crate::error::Error;
 use crate::store::memdev::MemDevice;
+use crate::store::PageDevice;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 const WHO: NewInode = NewInode {
     perm: 0o755,

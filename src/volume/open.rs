@@ -1,0 +1,183 @@
+//! Making a store, opening it, and closing it.
+//!
+//! Opening recounts every reference from the committed trees (the counts live in
+//! memory, see `check::recount`), loads the catalog, frees the inodes a crash left
+//! orphaned (unlinked while open) and starts the commit timer; a store opened
+//! read-only (fsck) writes nothing and starts no timer. `close` commits twice, so
+//! the first commit's deferred frees are applied and the store's counts match its
+//! trees at rest.
+
+use super::check;
+use super::node::{Engine, Tree};
+use super::{Catalog, Cluster, CommitState, Volume, RECORDS};
+use crate::error::{Error, Result};
+use crate::store::memdev::MemDevice;
+use crate::store::{MmapDevice, PageDevice, Store};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::SystemTime;
+
+impl Volume {
+    /// Creates a store file at `path` and an empty volume in it.
+    pub fn mkfs(path: &Path, capacity: u64, page_size: usize) -> Result<()> {
+        if !crate::store::valid_page_size(page_size) {
+            return Err(Error::InvalidArgument(
+                "page size must be a power of two from 4 KiB to 64 KiB",
+            ));
+        }
+        let capacity = capacity / page_size as u64 * page_size as u64;
+        if capacity < 64 * page_size as u64 {
+            return Err(Error::InvalidArgument("a store needs at least 64 pages"));
+        }
+        let dev = MmapDevice::create(path, capacity, page_size)?;
+        let made = Store::format(&dev, unix_now()).and_then(|_| dev.sync());
+        if made.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        made
+    }
+
+    /// Opens the store file at `path` (locked for this process).
+    pub fn open_path(path: &Path) -> Result<Arc<Volume>> {
+        Self::open_path_mode(path, false)
+    }
+
+    /// Opens a store for checking only: nothing is written.
+    pub fn open_path_mode(path: &Path, read_only: bool) -> Result<Arc<Volume>> {
+        let page_size = probe_page_size(path)?;
+        let dev = MmapDevice::open(path, page_size)?;
+        Self::open_device(Arc::new(dev), path, read_only)
+    }
+
+    /// Formats a fresh in-memory or test device and opens it.
+    pub fn create_on(dev: Arc<dyn PageDevice>) -> Result<Arc<Volume>> {
+        Store::format(dev.as_ref(), unix_now())?;
+        Self::open_device(dev, Path::new("(memory)"), false)
+    }
+
+    /// A volume on a new in-memory device (tests, examples).
+    pub fn in_memory(
+        page_size: usize,
+        capacity_pages: u64,
+    ) -> Result<(Arc<Volume>, Arc<MemDevice>)> {
+        let dev = Arc::new(MemDevice::new(page_size, capacity_pages));
+        Ok((Self::create_on(dev.clone())?, dev))
+    }
+
+    /// Opens a volume on `dev`: recounts references from the committed trees, loads
+    /// the catalog, frees orphans left by a crash, and starts the commit timer.
+    pub fn open_device(
+        dev: Arc<dyn PageDevice>,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<Arc<Volume>> {
+        let (store, sb) = Store::open(dev, path)?;
+        let eng = Engine::new(store, sb.generation + 1, RECORDS);
+        let cat_tree = Tree {
+            root: sb.catalog_root,
+            height: sb.catalog_height as u8,
+        };
+        check::recount(&eng, cat_tree)?;
+        eng.store.recount_done();
+        let mut catalog = Catalog {
+            next_id: sb.next_cluster_id,
+            ..Default::default()
+        };
+        for rec in check::catalog_records(&eng, cat_tree)? {
+            let cl = Arc::new(Cluster::new(rec));
+            cl.dirty.store(false, Ordering::Relaxed);
+            catalog.by_name.insert(cl.name.clone(), cl.clone());
+            catalog.by_id.insert(cl.id, cl);
+        }
+        let vol = Arc::new(Volume {
+            eng,
+            gate: RwLock::new(()),
+            commit: Mutex::new(CommitState {
+                tree: cat_tree,
+                created: sb.created,
+            }),
+            durable: AtomicU64::new(sb.generation),
+            times_since: Mutex::new(None),
+            catalog: RwLock::new(catalog),
+            read_only,
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+        });
+        if !read_only {
+            vol.free_orphans()?;
+            vol.commit()?;
+            Self::start_timer(&vol);
+        }
+        Ok(vol)
+    }
+
+    /// Commits everything and stops the commit timer: a clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.stop_timer();
+        if self.read_only {
+            return Ok(());
+        }
+        self.commit()?;
+        // A second commit applies the first one's deferred frees, so the store's
+        // counts match its trees at rest.
+        self.commit()
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.eng.ps
+    }
+
+    pub fn path(&self) -> &Path {
+        self.eng.store.path()
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.stop_timer();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads the page size from a store file's superblock before mapping it.
+fn probe_page_size(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    let bad = |why: String| Error::BadStore {
+        path: path.to_owned(),
+        why,
+    };
+    let mut f =
+        std::fs::File::open(path).map_err(|e| bad(format!("cannot open the store file: {e}")))?;
+    let mut b = [0u8; 16];
+    f.read_exact(&mut b)
+        .map_err(|_| bad("too short to be a clonefs store (no superblock)".into()))?;
+    if &b[0..8] != crate::store::MAGIC {
+        return Err(bad(
+            "not a clonefs store (no clonefs superblock found)".into()
+        ));
+    }
+    let ps = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+    if crate::store::valid_page_size(ps) {
+        Ok(ps)
+    } else {
+        // The first copy may be torn; read the second (it sits at the page size,
+        // which we do not know: try each valid size).
+        for ps in [4096usize, 8192, 16384, 32768, 65536] {
+            let mut b2 = vec![0u8; ps + 16];
+            let mut f = std::fs::File::open(path)?;
+            if f.read_exact(&mut b2).is_ok() && &b2[ps..ps + 8] == crate::store::MAGIC {
+                let p2 = u32::from_le_bytes(b2[ps + 12..ps + 16].try_into().unwrap()) as usize;
+                if p2 == ps {
+                    return Ok(ps);
+                }
+            }
+        }
+        Err(bad(format!("bad page size {ps} in the superblock")))
+    }
+}
