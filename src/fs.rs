@@ -24,6 +24,7 @@
 //! a cluster is deleted from another name), so their entries are never cached.
 
 use crate::error::Error;
+use crate::status::StatusDoc;
 use crate::volume::{
     Attr, ClusterId, Ino, Kind, NewInode, RenameFlags, SetAttr, SetTime, Volume, Whence, Writer,
     XattrMode,
@@ -43,7 +44,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Name of the hidden status file at the mount root.
 pub const STATUS_NAME: &str = ".clonefs-status";
@@ -408,32 +409,6 @@ fn reply_xattr(data: &[u8], size: u32, reply: ReplyXattr) {
     }
 }
 
-/// `s` as a JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 impl CloneFs {
     pub fn new(vol: Arc<Volume>) -> CloneFs {
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
@@ -726,43 +701,6 @@ impl CloneFs {
         };
         all.retain(|e| e.offset > offset);
         Ok(all)
-    }
-
-    /// The status document: the store, and each cluster's lineage and space.
-    pub fn status_json(&self) -> Result<String, Error> {
-        let space = self.vol.statfs();
-        let mut sizes: HashMap<String, (u64, u64, u64)> = self
-            .vol
-            .space()?
-            .into_iter()
-            .map(|s| (s.name, (s.logical, s.shared, s.unique)))
-            .collect();
-        let mut out = String::new();
-        out.push_str("{\n");
-        out.push_str(&format!(
-            "  \"store\": {},\n",
-            json_string(&self.vol.path().display().to_string())
-        ));
-        out.push_str(&format!("  \"pid\": {},\n", std::process::id()));
-        out.push_str(&format!("  \"page_size\": {},\n", space.page_size));
-        out.push_str(&format!("  \"capacity\": {},\n", space.capacity));
-        out.push_str(&format!("  \"used\": {},\n", space.used));
-        out.push_str(&format!("  \"free\": {},\n", space.free));
-        out.push_str("  \"clusters\": [");
-        for (i, cl) in self.vol.clusters().into_iter().enumerate() {
-            let (logical, shared, unique) = sizes.remove(&cl.name).unwrap_or_default();
-            out.push_str(if i == 0 { "\n" } else { ",\n" });
-            out.push_str(&format!(
-                "    {{\"name\": {}, \"id\": {}, \"parent\": {}, \"created\": {}, \
-                 \"logical\": {logical}, \"shared\": {shared}, \"unique\": {unique}}}",
-                json_string(&cl.name),
-                cl.id.0,
-                cl.parent.as_deref().map_or("null".into(), json_string),
-                unix_secs(cl.created),
-            ));
-        }
-        out.push_str("\n  ]\n}\n");
-        Ok(out)
     }
 
     fn who(req: &Request, mode: u32, umask: u32) -> NewInode {
@@ -1207,13 +1145,13 @@ impl Filesystem for CloneFs {
                 if flags.acc_mode() != OpenAccMode::O_RDONLY {
                     return reply.error(Errno::EACCES);
                 }
-                match self.status_json() {
+                match StatusDoc::of(&self.vol) {
                     Ok(doc) => {
                         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                         self.status
                             .lock()
                             .unwrap()
-                            .insert(fh, Arc::new(doc.into_bytes()));
+                            .insert(fh, Arc::new(doc.to_json().into_bytes()));
                         // Direct I/O: reads go to us whatever size getattr said.
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                     }
@@ -1756,35 +1694,6 @@ mod tests {
         let f = rename_flags(fuser::RenameFlags::from_bits_retain(2)).unwrap();
         assert!(!f.noreplace && f.exchange);
         assert!(rename_flags(fuser::RenameFlags::from_bits_retain(4)).is_none());
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("plain"), "\"plain\"");
-        assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(json_string("l1\nl2\t\u{1}"), "\"l1\\nl2\\t\\u0001\"");
-        assert_eq!(json_string("é"), "\"é\"");
-    }
-
-    #[test]
-    fn status_lists_clusters_with_lineage() {
-        let (vol, _dev) = Volume::in_memory(4096, 1024).unwrap();
-        let who = NewInode {
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-        };
-        vol.create_cluster("prod", who).unwrap();
-        vol.clone_cluster("prod", "test").unwrap();
-        let fs = CloneFs::new(vol);
-        let doc = fs.status_json().unwrap();
-        assert!(doc.contains("\"name\": \"prod\""), "{doc}");
-        assert!(doc.contains("\"parent\": null"), "{doc}");
-        assert!(doc.contains("\"parent\": \"prod\""), "{doc}");
-        assert!(
-            doc.contains(&format!("\"pid\": {}", std::process::id())),
-            "{doc}"
-        );
     }
 
     #[test]

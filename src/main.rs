@@ -9,6 +9,7 @@
 
 use clap::{Parser, Subcommand};
 use clonefs::fs::{MountConfig, CONTROL_NAME, STATUS_NAME};
+use clonefs::status::StatusDoc;
 use clonefs::volume::{catalog, Volume};
 use log::{error, info, warn};
 use std::ffi::CString;
@@ -638,11 +639,11 @@ fn cmd_umount(mountpoint: &Path) -> CliResult {
     // walks every tree for its space figures) names it too, more slowly.
     let pid = match lock_holder(&m.source) {
         Some(pid) => pid,
-        None => json::parse(&read_status(&mnt)?)
-            .ok()
-            .and_then(|j| j.get("pid").and_then(|p| p.as_u64()))
-            .ok_or_else(|| format!("{shown}: the status document has no daemon pid"))?
-            as u32,
+        None => {
+            parse_status(&read_status(&mnt)?)
+                .map_err(|e| format!("{shown}: no daemon pid: {e}"))?
+                .pid
+        }
     };
     unmount(&mnt, false).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => format!(
@@ -736,31 +737,17 @@ fn local_time(secs: i64) -> String {
 }
 
 /// The status document as a table.
-fn status_table(doc: &json::Value) -> Result<String, String> {
-    let bad = || "the status document is malformed".to_string();
-    let num = |v: &json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(bad);
+fn status_table(doc: &StatusDoc) -> String {
     let mut rows =
         vec![["NAME", "PARENT", "CREATED", "LOGICAL", "SHARED", "UNIQUE"].map(String::from)];
-    for c in doc
-        .get("clusters")
-        .and_then(|c| c.as_array())
-        .ok_or_else(bad)?
-    {
+    for c in &doc.clusters {
         rows.push([
-            c.get("name")
-                .and_then(|n| n.as_str())
-                .ok_or_else(bad)?
-                .to_string(),
-            c.get("parent")
-                .and_then(|p| p.as_str())
-                .unwrap_or("-")
-                .to_string(),
-            c.get("created")
-                .and_then(|t| t.as_i64())
-                .map_or_else(|| "?".into(), local_time),
-            human(num(c, "logical")?),
-            human(num(c, "shared")?),
-            human(num(c, "unique")?),
+            c.name.clone(),
+            c.parent.clone().unwrap_or_else(|| "-".into()),
+            local_time(c.created),
+            human(c.logical),
+            human(c.shared),
+            human(c.unique),
         ]);
     }
     let mut widths = [0usize; 6];
@@ -784,11 +771,20 @@ fn status_table(doc: &json::Value) -> Result<String, String> {
     }
     out.push_str(&format!(
         "store: capacity {}, used {}, free {}\n",
-        human(num(doc, "capacity")?),
-        human(num(doc, "used")?),
-        human(num(doc, "free")?)
+        human(doc.capacity),
+        human(doc.used),
+        human(doc.free)
     ));
-    Ok(out)
+    out
+}
+
+/// Reads the status document back; says whether the text is not JSON at all or
+/// JSON of another shape.
+fn parse_status(text: &str) -> Result<StatusDoc, String> {
+    StatusDoc::from_json(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("the status document is malformed: {e}"),
+        _ => format!("the status document is not JSON: {e}"),
+    })
 }
 
 fn cmd_status(mountpoint: &Path, as_json: bool) -> CliResult {
@@ -798,8 +794,7 @@ fn cmd_status(mountpoint: &Path, as_json: bool) -> CliResult {
     if as_json {
         print!("{doc}");
     } else {
-        let v = json::parse(&doc).map_err(|e| format!("the status document is not JSON: {e}"))?;
-        print!("{}", status_table(&v)?);
+        print!("{}", status_table(&parse_status(&doc)?));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -819,206 +814,6 @@ fn cmd_fsck(store: &Path) -> CliResult {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Just enough JSON to read the daemon's status document.
-mod json {
-    #[derive(Debug, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        /// The number's text, converted on use.
-        Num(String),
-        Str(String),
-        Arr(Vec<Value>),
-        Obj(Vec<(String, Value)>),
-    }
-
-    impl Value {
-        pub fn get(&self, key: &str) -> Option<&Value> {
-            match self {
-                Value::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-                _ => None,
-            }
-        }
-        pub fn as_u64(&self) -> Option<u64> {
-            match self {
-                Value::Num(n) => n.parse().ok(),
-                _ => None,
-            }
-        }
-        pub fn as_i64(&self) -> Option<i64> {
-            match self {
-                Value::Num(n) => n.parse().ok(),
-                _ => None,
-            }
-        }
-        pub fn as_str(&self) -> Option<&str> {
-            match self {
-                Value::Str(s) => Some(s),
-                _ => None,
-            }
-        }
-        pub fn as_array(&self) -> Option<&[Value]> {
-            match self {
-                Value::Arr(a) => Some(a),
-                _ => None,
-            }
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Value, String> {
-        let mut p = Parser {
-            b: s.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.b.len() {
-            return Err(format!("trailing text at byte {}", p.i));
-        }
-        Ok(v)
-    }
-
-    struct Parser<'a> {
-        b: &'a [u8],
-        i: usize,
-    }
-
-    impl Parser<'_> {
-        fn ws(&mut self) {
-            while self.i < self.b.len() && self.b[self.i].is_ascii_whitespace() {
-                self.i += 1;
-            }
-        }
-
-        fn err<T>(&self, what: &str) -> Result<T, String> {
-            Err(format!("{what} at byte {}", self.i))
-        }
-
-        fn eat(&mut self, lit: &str) -> bool {
-            if self.b[self.i..].starts_with(lit.as_bytes()) {
-                self.i += lit.len();
-                true
-            } else {
-                false
-            }
-        }
-
-        fn value(&mut self) -> Result<Value, String> {
-            self.ws();
-            match self.b.get(self.i) {
-                None => self.err("unexpected end"),
-                Some(b'{') => {
-                    self.i += 1;
-                    let mut m = Vec::new();
-                    self.ws();
-                    if self.eat("}") {
-                        return Ok(Value::Obj(m));
-                    }
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.ws();
-                        if !self.eat(":") {
-                            return self.err("expected ':'");
-                        }
-                        m.push((k, self.value()?));
-                        self.ws();
-                        if self.eat("}") {
-                            return Ok(Value::Obj(m));
-                        }
-                        if !self.eat(",") {
-                            return self.err("expected ',' or '}'");
-                        }
-                    }
-                }
-                Some(b'[') => {
-                    self.i += 1;
-                    let mut a = Vec::new();
-                    self.ws();
-                    if self.eat("]") {
-                        return Ok(Value::Arr(a));
-                    }
-                    loop {
-                        a.push(self.value()?);
-                        self.ws();
-                        if self.eat("]") {
-                            return Ok(Value::Arr(a));
-                        }
-                        if !self.eat(",") {
-                            return self.err("expected ',' or ']'");
-                        }
-                    }
-                }
-                Some(b'"') => Ok(Value::Str(self.string()?)),
-                Some(b'-' | b'0'..=b'9') => {
-                    let start = self.i;
-                    while self.i < self.b.len()
-                        && matches!(
-                            self.b[self.i],
-                            b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                        )
-                    {
-                        self.i += 1;
-                    }
-                    Ok(Value::Num(
-                        String::from_utf8_lossy(&self.b[start..self.i]).into_owned(),
-                    ))
-                }
-                _ if self.eat("null") => Ok(Value::Null),
-                _ if self.eat("true") => Ok(Value::Bool(true)),
-                _ if self.eat("false") => Ok(Value::Bool(false)),
-                _ => self.err("unexpected character"),
-            }
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            if !self.eat("\"") {
-                return self.err("expected a string");
-            }
-            let mut out = Vec::new();
-            loop {
-                let Some(&c) = self.b.get(self.i) else {
-                    return self.err("unterminated string");
-                };
-                self.i += 1;
-                match c {
-                    b'"' => break,
-                    b'\\' => {
-                        let Some(&e) = self.b.get(self.i) else {
-                            return self.err("unterminated escape");
-                        };
-                        self.i += 1;
-                        match e {
-                            b'"' | b'\\' | b'/' => out.push(e),
-                            b'n' => out.push(b'\n'),
-                            b'r' => out.push(b'\r'),
-                            b't' => out.push(b'\t'),
-                            b'b' => out.push(8),
-                            b'f' => out.push(12),
-                            b'u' => {
-                                let hex = self
-                                    .b
-                                    .get(self.i..self.i + 4)
-                                    .and_then(|h| std::str::from_utf8(h).ok())
-                                    .and_then(|h| u32::from_str_radix(h, 16).ok());
-                                let Some(code) = hex else {
-                                    return self.err("bad \\u escape");
-                                };
-                                self.i += 4;
-                                let ch = char::from_u32(code).unwrap_or('\u{fffd}');
-                                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-                            }
-                            _ => return self.err("bad escape"),
-                        }
-                    }
-                    c => out.push(c),
-                }
-            }
-            String::from_utf8(out).or_else(|_| self.err("invalid UTF-8"))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1063,10 +858,10 @@ mod tests {
                           "logical": 67108864, "shared": 0, "unique": 67108864},
                          {"name": "test", "id": 2, "parent": "prod", "created": 1700000001,
                           "logical": 67108864, "shared": 67108864, "unique": 4096}]}"#;
-        let v = json::parse(doc).unwrap();
-        assert_eq!(v.get("pid").unwrap().as_u64(), Some(42));
-        assert_eq!(v.get("store").unwrap().as_str(), Some("/s \"q\""));
-        let table = status_table(&v).unwrap();
+        let v = parse_status(doc).unwrap();
+        assert_eq!(v.pid, 42);
+        assert_eq!(v.store, "/s \"q\"");
+        let table = status_table(&v);
         assert!(table.starts_with("NAME"), "{table}");
         assert!(table.contains("prod"), "{table}");
         assert!(table.contains("64.0M"), "{table}");
@@ -1076,11 +871,12 @@ mod tests {
             .last()
             .unwrap()
             .starts_with("store: capacity 1.0M, used 8.0K, free"));
-        assert!(json::parse("{\"a\": }").is_err());
-        assert!(json::parse("[1, 2] x").is_err());
-        assert_eq!(
-            json::parse("\"\\u00e9\"").unwrap(),
-            json::Value::Str("é".into())
-        );
+        assert!(parse_status("{\"a\": }").unwrap_err().contains("not JSON"));
+        assert!(parse_status("[1, 2] x").is_err());
+        assert!(parse_status("{\"pid\": 1}")
+            .unwrap_err()
+            .contains("malformed"));
+        let escaped = doc.replace("\"prod\"", "\"\\u00e9\"");
+        assert_eq!(parse_status(&escaped).unwrap().clusters[0].name, "é");
     }
 }
