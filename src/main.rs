@@ -8,7 +8,7 @@
 //! the mount is gone and the store is committed.
 
 use clap::{Parser, Subcommand};
-use clonefs::fs::{MountConfig, CONTROL_NAME, STATUS_NAME};
+use clonefs::fs::{mounts, MountConfig, MountEntry, CONTROL_NAME, STATUS_NAME};
 use clonefs::status::StatusDoc;
 use clonefs::volume::{catalog, Volume};
 use log::{error, info, warn};
@@ -222,56 +222,6 @@ fn cmd_mkfs(store: &Path, size: u64, page_size: u64) -> CliResult {
 }
 
 // ---- mounts -------------------------------------------------------------------
-
-/// One line of /proc/self/mountinfo.
-struct MountEntry {
-    point: PathBuf,
-    fstype: String,
-    /// For clonefs: the store file.
-    source: PathBuf,
-}
-
-/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn mounts() -> Vec<MountEntry> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            let fstype = right.next()?;
-            let source = right.next()?;
-            let path = |s: &str| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(s)));
-            Some(MountEntry {
-                point: path(point),
-                fstype: fstype.to_string(),
-                source: path(source),
-            })
-        })
-        .collect()
-}
 
 fn mount_at(p: &Path) -> Option<MountEntry> {
     // The last entry for a path is the one on top.
@@ -841,13 +791,6 @@ mod tests {
         assert_eq!(human(4096), "4.0K");
         assert_eq!(human(64 << 20), "64.0M");
         assert_eq!(human(3 << 29), "1.5G");
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo("/x\\"), b"/x\\");
     }
 
     #[test]

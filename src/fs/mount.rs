@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use log::warn;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// How to mount: the choices the command line offers.
@@ -90,17 +90,53 @@ fn lift_dirty_limits(mountpoint: &Path) {
     }
 }
 
-/// The device number (`MAJOR:MINOR`) of the mount at `mountpoint`, the topmost one
-/// there, read from /proc/self/mountinfo: a stat of the mount would ask the daemon.
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The device number, `MAJOR:MINOR`.
+    pub dev: String,
+    pub point: PathBuf,
+    pub fstype: String,
+    /// For clonefs: the store file.
+    pub source: PathBuf,
+}
+
+/// The mounts this process sees, in mountinfo order: of the entries for one path,
+/// the last is the one on top. Read from the kernel's table, not by a stat of the
+/// mount point, which would ask the daemon (and hang on one that is gone).
+pub fn mounts() -> Vec<MountEntry> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// "36 35 98:0 /mnt1 /mnt/a\040b rw,noatime - fuse.clonefs /store rw,..."
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut left = left.split(' ');
+    let dev = left.nth(2)?;
+    let point = left.nth(1)?;
+    let mut right = right.split(' ');
+    let fstype = right.next()?;
+    let source = right.next()?;
+    let path = |s: &str| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(s)));
+    Some(MountEntry {
+        dev: dev.to_owned(),
+        point: path(point),
+        fstype: fstype.to_owned(),
+        source: path(source),
+    })
+}
+
+/// The device number (`MAJOR:MINOR`) of the topmost mount at `mountpoint`.
 fn mount_device(mountpoint: &Path) -> Option<String> {
     let want = std::fs::canonicalize(mountpoint).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let mut fields = line.split(' ');
-        let dev = fields.nth(2)?;
-        let at = unescape_mountinfo(fields.nth(1)?);
-        (Path::new(OsStr::from_bytes(&at)) == want).then(|| dev.to_owned())
-    })
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == want)
+        .map(|m| m.dev)
 }
 
 /// A mountinfo path field: space, tab, newline and backslash are written `\ooo`.
@@ -109,10 +145,10 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|d| {
-            let d = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(d, 8).ok()
-        });
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
         match (b[i], octal) {
             (b'\\', Some(c)) => {
                 out.push(c);
@@ -138,6 +174,19 @@ mod tests {
             b"/a b\tc\\d\\\\"
         );
         assert_eq!(unescape_mountinfo(r"/x\09"), b"/x\\09");
+        assert_eq!(unescape_mountinfo(r"/x\+12"), b"/x\\+12");
+        assert_eq!(unescape_mountinfo(r"/x\777"), b"/x\\777");
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), b"/x\\");
+        let m = parse_mountinfo_line(
+            r"36 35 0:52 / /mnt/a\040b rw,nosuid - fuse.clonefs /s\040t rw,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(m.dev, "0:52");
+        assert_eq!(m.point, Path::new("/mnt/a b"));
+        assert_eq!(m.fstype, "fuse.clonefs");
+        assert_eq!(m.source, Path::new("/s t"));
         let dev = mount_device(Path::new("/")).expect("/ in /proc/self/mountinfo");
         let (major, minor) = dev.split_once(':').expect(&dev);
         assert!(
