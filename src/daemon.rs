@@ -16,11 +16,14 @@ use crate::cli::init_logger;
 use clonefs::fs::MountConfig;
 use clonefs::volume::Volume;
 use log::{error, info, warn};
-use std::ffi::CString;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,23 +36,17 @@ pub fn foreground(store: &Path, mnt: &Path, mc: &MountConfig) -> Result<(), Stri
 /// Forks the daemon for `store` at `mnt`, logging to `log`; returns once the mount
 /// is ready, or with the daemon's reason why it is not.
 pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(), String> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 just returned these descriptors; each is owned once.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", io::Error::from(e)))?;
     // SAFETY: the process has one thread here (no logger, no volume, no worker
     // started yet), so the child may run arbitrary code after fork.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("fork: {}", io::Error::last_os_error())),
-        0 => {
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {}", io::Error::from(e))),
+        Ok(ForkResult::Child) => {
             drop(rd);
             let code = daemon(store, mnt, log, mc, File::from(wr));
             std::process::exit(code)
         }
-        child => {
+        Ok(ForkResult::Parent { child }) => {
             drop(wr);
             let mut msg = String::new();
             let _ = File::from(rd).read_to_string(&mut msg);
@@ -57,9 +54,7 @@ pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(
             if msg == "ready" {
                 return Ok(());
             }
-            let mut status = 0;
-            // SAFETY: waiting for our own child; `status` is a valid out pointer.
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            let _ = waitpid(child, None);
             if msg.is_empty() {
                 Err(format!(
                     "the daemon exited before the mount was ready; see {}",
@@ -72,22 +67,18 @@ pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(
     }
 }
 
-fn os_err(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
-}
-
 /// Unmounts `mnt` (lazily: detached now, gone when no longer busy). As root with
 /// umount2(2); otherwise through the setuid helper fusermount3.
 pub fn unmount(mnt: &Path, lazy: bool) -> io::Result<()> {
-    let c = CString::new(mnt.as_os_str().as_bytes()).map_err(|_| os_err(libc::EINVAL))?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EPERM) {
-        return Err(err);
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    match umount2(mnt, flags) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EPERM) => {}
+        Err(e) => return Err(e.into()),
     }
     let out = Command::new("fusermount3")
         .arg(if lazy { "-uz" } else { "-u" })
@@ -98,7 +89,7 @@ pub fn unmount(mnt: &Path, lazy: bool) -> io::Result<()> {
     }
     let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if msg.contains("busy") {
-        Err(os_err(libc::EBUSY))
+        Err(Errno::EBUSY.into())
     } else {
         Err(io::Error::other(msg))
     }
@@ -113,8 +104,8 @@ fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -
         }
         1
     };
-    // SAFETY: setsid has no memory effects; it fails only if already a group leader.
-    unsafe { libc::setsid() };
+    // Fails only for a process group leader, which a child just forked is not.
+    let _ = setsid();
     let logf = match OpenOptions::new().create(true).append(true).open(log) {
         Ok(f) => f,
         Err(e) => {
@@ -129,12 +120,9 @@ fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -
         Err(e) => return fail(&mut ready, format!("cannot open /dev/null: {e}")),
     };
     // Re-point stdio, never close it: fuser wants its /dev/fuse descriptor above 2.
-    // SAFETY: dup2 onto the standard descriptors from descriptors we own.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(logf.as_raw_fd(), 1);
-        libc::dup2(logf.as_raw_fd(), 2);
-    }
+    let _ = dup2_stdin(&null);
+    let _ = dup2_stdout(&logf);
+    let _ = dup2_stderr(&logf);
     drop((null, logf));
     let _ = std::env::set_current_dir("/");
     init_logger("info");
@@ -149,30 +137,28 @@ fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -
 }
 
 /// Blocks the signals that ask for an unmount, in this thread and every thread it
-/// starts later; a thread of its own takes them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data that sigemptyset initialises; the calls get
-    // valid pointers to it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// starts later; a thread of its own takes them with sigwait. Blocked, they never
+/// interrupt a worker: no store call sees EINTR, which the store would take for an
+/// I/O error and refuse writes after.
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
     }
+    if let Err(e) = set.thread_block() {
+        warn!("cannot block SIGTERM, SIGINT and SIGHUP: {e}");
+    }
+    set
 }
 
-fn spawn_signal_thread(set: libc::sigset_t, mnt: PathBuf) {
+fn spawn_signal_thread(set: SigSet, mnt: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("clonefs-signals".into())
         .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` and `sig` are valid for the call.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            let Ok(sig) = set.wait() else {
                 return;
-            }
+            };
+            let sig = sig as i32;
             info!("signal {sig}: unmounting {}", mnt.display());
             match unmount(&mnt, false) {
                 Ok(()) => {}
@@ -198,7 +184,7 @@ fn serve(
     store: &Path,
     mnt: &Path,
     mc: &MountConfig,
-    signals: libc::sigset_t,
+    signals: SigSet,
     ready: &mut Option<File>,
 ) -> Result<(), String> {
     let vol = Volume::open_path(store).map_err(|e| e.to_string())?;

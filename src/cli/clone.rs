@@ -7,9 +7,9 @@
 use super::{absolute, clonefs_mount, init_logger, CliResult};
 use clonefs::fs::CONTROL_NAME;
 use clonefs::volume::catalog;
+use nix::unistd::syncfs;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -29,10 +29,7 @@ pub fn run(mountpoint: &Path, src: &str, name: &str) -> CliResult {
     // Writes that completed are in the daemon already (no writeback cache); syncfs
     // sends the pages of shared writable mappings too.
     let dir = File::open(&mnt).map_err(|e| format!("{shown}: {e}"))?;
-    // SAFETY: `dir` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(format!("syncfs {shown}: {}", io::Error::last_os_error()));
-    }
+    syncfs(&dir).map_err(|e| format!("syncfs {shown}: {}", io::Error::from(e)))?;
     match std::fs::create_dir(src_root.join(CONTROL_NAME).join(name)) {
         Ok(()) => {
             let took = started.elapsed();
