@@ -133,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
+    fn status_strings_are_escaped() {
         let mut doc = StatusDoc {
             store: "a\"b\\c".into(),
             pid: 1,
