@@ -1,0 +1,182 @@
+//! `clonefs mount` and `clonefs umount`: the checks before a mount, and the wait
+//! after an unmount.
+//!
+//! `mount` checks all it can (the store is a file, the mount point an empty
+//! directory that is not already a mount) while it is still in the foreground, so
+//! a mistake is an error at the prompt, not a line in a log. `umount` returns only
+//! once the daemon has exited, which is after its last commit: a store is safe to
+//! copy or check as soon as umount returns.
+
+use super::{
+    absolute, clonefs_mount, init_logger, mount_at, read_status, status::parse_status, CliResult,
+};
+use crate::daemon;
+use clonefs::fs::MountConfig;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub fn mount(
+    store: &Path,
+    mountpoint: &Path,
+    foreground: bool,
+    log: Option<PathBuf>,
+    mc: &MountConfig,
+) -> CliResult {
+    let store = absolute(store)?;
+    match std::fs::metadata(&store) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(format!("{} is not a store file", store.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!(
+                "store {} does not exist (make one with: clonefs mkfs {})",
+                store.display(),
+                store.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", store.display())),
+    }
+    let mnt = check_mountpoint(mountpoint)?;
+    if foreground {
+        init_logger("info");
+        return daemon::foreground(&store, &mnt, mc).map(|()| ExitCode::SUCCESS);
+    }
+    let log = match log {
+        Some(l) => absolute(&l)?,
+        None => {
+            let mut s = store.clone().into_os_string();
+            s.push(".log");
+            PathBuf::from(s)
+        }
+    };
+    daemon::spawn(&store, &mnt, &log, mc)?;
+    println!(
+        "mounted {} at {} (log: {})",
+        store.display(),
+        mnt.display(),
+        log.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks that `p` can take a mount; returns it made absolute and canonical.
+fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
+    let abs = absolute(p)?;
+    let shown = abs.display();
+    let meta = match std::fs::metadata(&abs) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("mount point {shown} does not exist"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "mount point {shown} is a disconnected mount (its daemon is gone); \
+                 clear it with: fusermount3 -uz {shown}"
+            ))
+        }
+        Err(e) => return Err(format!("cannot use mount point {shown}: {e}")),
+    };
+    if !meta.is_dir() {
+        return Err(format!("mount point {shown} is not a directory"));
+    }
+    let canon = abs
+        .canonicalize()
+        .map_err(|e| format!("cannot use mount point {shown}: {e}"))?;
+    if let Some(m) = mount_at(&canon) {
+        return Err(format!(
+            "mount point {} is already a mount ({}); unmount it first",
+            canon.display(),
+            m.fstype
+        ));
+    }
+    if let Some(parent) = canon.parent() {
+        let pm = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        if pm.dev() != meta.dev() {
+            return Err(format!(
+                "mount point {} is already a mount; unmount it first",
+                canon.display()
+            ));
+        }
+    }
+    let mut entries =
+        std::fs::read_dir(&canon).map_err(|e| format!("cannot read {}: {e}", canon.display()))?;
+    if entries.next().is_some() {
+        return Err(format!("mount point {} is not empty", canon.display()));
+    }
+    Ok(canon)
+}
+
+/// The process holding the lock on `store`: the daemon serving it (/proc/locks).
+fn lock_holder(store: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(store).ok()?;
+    let dev = meta.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" (waiters have "->" after "1:")
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 6 && f[1] == "FLOCK" && f[5] == want)
+            .then(|| f[4].parse().ok())
+            .flatten()
+    })
+}
+
+/// Has process `pid` exited (gone, or a zombie nobody reaped yet)?
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+    }
+}
+
+pub fn umount(mountpoint: &Path) -> CliResult {
+    init_logger("warn");
+    let abs = absolute(mountpoint)?;
+    let mnt = abs.canonicalize().unwrap_or(abs);
+    let shown = mnt.display();
+    let m = clonefs_mount(&mnt)?;
+    if let Err(e) = std::fs::metadata(&mnt) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            daemon::unmount(&mnt, true).map_err(|e| format!("cannot detach {shown}: {e}"))?;
+            println!("{shown} was disconnected (its daemon had exited); detached it");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    // The daemon is the holder of the store's lock; the status document (which
+    // walks every tree for its space figures) names it too, more slowly.
+    let pid = match lock_holder(&m.source) {
+        Some(pid) => pid,
+        None => {
+            parse_status(&read_status(&mnt)?)
+                .map_err(|e| format!("{shown}: no daemon pid: {e}"))?
+                .pid
+        }
+    };
+    daemon::unmount(&mnt, false).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => format!(
+            "mount point is busy: {shown} (a process has a file open or its working directory under it)"
+        ),
+        _ => format!("cannot unmount {shown}: {e}"),
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exited(pid) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "unmounted {shown}, but its daemon (pid {pid}) is still running after 60 s; see its log"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("unmounted {shown}");
+    Ok(ExitCode::SUCCESS)
+}

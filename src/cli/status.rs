@@ -1,0 +1,129 @@
+//! `clonefs status`: the daemon's status document, as JSON or as a table.
+//!
+//! The document is the daemon's (`clonefs::status`): this file only reads it back
+//! and lays it out. `--json` prints it untouched, so scripts see exactly what the
+//! daemon wrote; the table is for people and may change.
+
+use super::{absolute, human, init_logger, read_status, CliResult};
+use clonefs::status::StatusDoc;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn local_time(secs: i64) -> String {
+    // SAFETY: localtime_r reads `t` and fills `tm`, both valid for the call.
+    let tm = unsafe {
+        let t: libc::time_t = secs as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return secs.to_string();
+        }
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// The status document as a table.
+fn status_table(doc: &StatusDoc) -> String {
+    let mut rows =
+        vec![["NAME", "PARENT", "CREATED", "LOGICAL", "SHARED", "UNIQUE"].map(String::from)];
+    for c in &doc.clusters {
+        rows.push([
+            c.name.clone(),
+            c.parent.clone().unwrap_or_else(|| "-".into()),
+            local_time(c.created),
+            human(c.logical),
+            human(c.shared),
+            human(c.unique),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i < 3 {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "store: capacity {}, used {}, free {}\n",
+        human(doc.capacity),
+        human(doc.used),
+        human(doc.free)
+    ));
+    out
+}
+
+/// Reads the status document back; says whether the text is not JSON at all or
+/// JSON of another shape.
+pub fn parse_status(text: &str) -> Result<StatusDoc, String> {
+    StatusDoc::from_json(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("the status document is malformed: {e}"),
+        _ => format!("the status document is not JSON: {e}"),
+    })
+}
+
+pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
+    init_logger("warn");
+    let mnt = absolute(mountpoint)?;
+    let doc = read_status(&mnt)?;
+    if as_json {
+        print!("{doc}");
+    } else {
+        print!("{}", status_table(&parse_status(&doc)?));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_reads_the_status_document() {
+        let doc = r#"{"store": "/s \"q\"", "pid": 42, "page_size": 4096,
+            "capacity": 1048576, "used": 8192, "free": 1040384,
+            "clusters": [{"name": "prod", "id": 1, "parent": null, "created": 1700000000,
+                          "logical": 67108864, "shared": 0, "unique": 67108864},
+                         {"name": "test", "id": 2, "parent": "prod", "created": 1700000001,
+                          "logical": 67108864, "shared": 67108864, "unique": 4096}]}"#;
+        let v = parse_status(doc).unwrap();
+        assert_eq!(v.pid, 42);
+        assert_eq!(v.store, "/s \"q\"");
+        let table = status_table(&v);
+        assert!(table.starts_with("NAME"), "{table}");
+        assert!(table.contains("prod"), "{table}");
+        assert!(table.contains("64.0M"), "{table}");
+        assert!(table.contains("4.0K"), "{table}");
+        assert!(table
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("store: capacity 1.0M, used 8.0K, free"));
+        assert!(parse_status("{\"a\": }").unwrap_err().contains("not JSON"));
+        assert!(parse_status("[1, 2] x").is_err());
+        assert!(parse_status("{\"pid\": 1}")
+            .unwrap_err()
+            .contains("malformed"));
+        let escaped = doc.replace("\"prod\"", "\"\\u00e9\"");
+        assert_eq!(parse_status(&escaped).unwrap().clusters[0].name, "é");
+    }
+}

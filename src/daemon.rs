@@ -1,0 +1,214 @@
+//! Going to the background, and serving a mount until it goes away.
+//!
+//! `spawn` goes to the background the classic way: it makes a pipe and forks while
+//! the process still has one thread (nothing before it may start one: no logger
+//! thread, no volume, no worker), so the child may run any code. The child becomes
+//! the daemon (new session, stdio on /dev/null and the log file, never closed:
+//! fuser wants its /dev/fuse descriptor above 2), opens the store, mounts, and
+//! writes "ready" or its error to the pipe; the parent returns that. A daemon that
+//! dies before a word leaves the pipe empty, which the parent reports too.
+//!
+//! The daemon unmounts itself on SIGTERM, SIGINT or SIGHUP (detaching a busy mount
+//! rather than leaving it), and exits once the mount is gone, which is after the
+//! adapter's destroy has committed and closed the store.
+
+use crate::cli::init_logger;
+use clonefs::fs::MountConfig;
+use clonefs::volume::Volume;
+use log::{error, info, warn};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Serves `store` at `mnt` from this process until the mount goes away.
+pub fn foreground(store: &Path, mnt: &Path, mc: &MountConfig) -> Result<(), String> {
+    let signals = block_signals();
+    serve(store, mnt, mc, signals, &mut None)
+}
+
+/// Forks the daemon for `store` at `mnt`, logging to `log`; returns once the mount
+/// is ready, or with the daemon's reason why it is not.
+pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(), String> {
+    let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", io::Error::from(e)))?;
+    // SAFETY: the process has one thread here (no logger, no volume, no worker
+    // started yet), so the child may run arbitrary code after fork.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {}", io::Error::from(e))),
+        Ok(ForkResult::Child) => {
+            drop(rd);
+            let code = daemon(store, mnt, log, mc, File::from(wr));
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = File::from(rd).read_to_string(&mut msg);
+            let msg = msg.trim();
+            if msg == "ready" {
+                return Ok(());
+            }
+            let _ = waitpid(child, None);
+            if msg.is_empty() {
+                Err(format!(
+                    "the daemon exited before the mount was ready; see {}",
+                    log.display()
+                ))
+            } else {
+                Err(msg.to_string())
+            }
+        }
+    }
+}
+
+/// Unmounts `mnt` (lazily: detached now, gone when no longer busy). As root with
+/// umount2(2); otherwise through the setuid helper fusermount3.
+pub fn unmount(mnt: &Path, lazy: bool) -> io::Result<()> {
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    match umount2(mnt, flags) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EPERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let out = Command::new("fusermount3")
+        .arg(if lazy { "-uz" } else { "-u" })
+        .arg(mnt)
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if msg.contains("busy") {
+        Err(Errno::EBUSY.into())
+    } else {
+        Err(io::Error::other(msg))
+    }
+}
+
+/// The forked child: becomes the daemon, serves until unmounted; returns the exit code.
+fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -> i32 {
+    let mut ready = Some(ready);
+    let fail = |ready: &mut Option<File>, msg: String| {
+        if let Some(mut w) = ready.take() {
+            let _ = writeln!(w, "{msg}");
+        }
+        1
+    };
+    // Fails only for a process group leader, which a child just forked is not.
+    let _ = setsid();
+    let logf = match OpenOptions::new().create(true).append(true).open(log) {
+        Ok(f) => f,
+        Err(e) => {
+            return fail(
+                &mut ready,
+                format!("cannot open the log {}: {e}", log.display()),
+            )
+        }
+    };
+    let null = match OpenOptions::new().read(true).write(true).open("/dev/null") {
+        Ok(f) => f,
+        Err(e) => return fail(&mut ready, format!("cannot open /dev/null: {e}")),
+    };
+    // Re-point stdio, never close it: fuser wants its /dev/fuse descriptor above 2.
+    let _ = dup2_stdin(&null);
+    let _ = dup2_stdout(&logf);
+    let _ = dup2_stderr(&logf);
+    drop((null, logf));
+    let _ = std::env::set_current_dir("/");
+    init_logger("info");
+    let signals = block_signals();
+    match serve(store, mnt, mc, signals, &mut ready) {
+        Ok(()) => 0,
+        Err(msg) => {
+            error!("{msg}");
+            fail(&mut ready, msg)
+        }
+    }
+}
+
+/// Blocks the signals that ask for an unmount, in this thread and every thread it
+/// starts later; a thread of its own takes them with sigwait. Blocked, they never
+/// interrupt a worker: no store call sees EINTR, which the store would take for an
+/// I/O error and refuse writes after.
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if let Err(e) = set.thread_block() {
+        warn!("cannot block SIGTERM, SIGINT and SIGHUP: {e}");
+    }
+    set
+}
+
+fn spawn_signal_thread(set: SigSet, mnt: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("clonefs-signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = set.wait() else {
+                return;
+            };
+            let sig = sig as i32;
+            info!("signal {sig}: unmounting {}", mnt.display());
+            match unmount(&mnt, false) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    warn!(
+                        "{} is busy; detaching it now, the daemon exits when the last user leaves",
+                        mnt.display()
+                    );
+                    if let Err(e) = unmount(&mnt, true) {
+                        error!("cannot detach {}: {e}", mnt.display());
+                    }
+                }
+                Err(e) => error!("cannot unmount {}: {e}", mnt.display()),
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("no signal thread ({e}): SIGTERM will not unmount");
+    }
+}
+
+/// Opens the store, mounts it, reports ready, and serves until the mount goes away.
+fn serve(
+    store: &Path,
+    mnt: &Path,
+    mc: &MountConfig,
+    signals: SigSet,
+    ready: &mut Option<File>,
+) -> Result<(), String> {
+    let vol = Volume::open_path(store).map_err(|e| e.to_string())?;
+    let session = clonefs::fs::mount(vol, mnt, mc)
+        .map_err(|e| format!("cannot mount {} at {}: {e}", store.display(), mnt.display()))?;
+    spawn_signal_thread(signals, mnt.to_owned());
+    info!(
+        "mounted {} at {} with {} threads{} (pid {})",
+        store.display(),
+        mnt.display(),
+        mc.threads,
+        if mc.writeback_cache {
+            ", writeback cache"
+        } else {
+            ""
+        },
+        std::process::id()
+    );
+    if let Some(mut w) = ready.take() {
+        let _ = writeln!(w, "ready");
+    }
+    session
+        .run()
+        .map_err(|e| format!("serving {} ended with an error: {e}", mnt.display()))?;
+    info!("daemon for {} exits", mnt.display());
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Mounting: the session's options, and what the kernel is asked to change about
+//! the mount once it exists (dirty page limits under the writeback cache).
+//!
+//! `mount` returns only once the kernel has answered INIT, so a caller that reports
+//! "ready" after it never reports a mount that is not there. The notifier is set
+//! before any request but INIT is served; a clone that needs it can count on it.
+
+use super::CloneFs;
+use crate::volume::Volume;
+use fuser::{Config, MountOption, Session, SessionACL};
+use log::warn;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How to mount: the choices the command line offers.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub threads: usize,
+    pub allow_other: bool,
+    /// FUSE_WRITEBACK_CACHE: writes fill the kernel's page cache and reach the
+    /// daemon in writeback; a write's ENOSPC shows at fsync or close instead.
+    pub writeback_cache: bool,
+}
+
+/// Mounts `vol` at `mountpoint`; the mount is live (INIT answered) when this returns.
+/// `run()` the session to serve it; it returns when the mount goes away, after the
+/// volume is closed (committed).
+pub fn mount(
+    vol: Arc<Volume>,
+    mountpoint: &Path,
+    mc: &MountConfig,
+) -> std::io::Result<Session<CloneFs>> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(vol.path().display().to_string()),
+        MountOption::CUSTOM("subtype=clonefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if mc.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(mc.threads.max(1));
+    config.clone_fd = mc.threads > 1;
+    let mut fs = CloneFs::new(vol);
+    fs.writeback = mc.writeback_cache;
+    let notifier = fs.notifier.clone();
+    let session = Session::new(fs, mountpoint, &config)?;
+    // Before any request but INIT is served: `run()` serves them.
+    let _ = notifier.set(session.notifier());
+    if mc.writeback_cache {
+        lift_dirty_limits(mountpoint);
+    }
+    Ok(session)
+}
+
+/// PR_SET_IO_FLUSHER, from linux/prctl.h (the libc crate has it for Android only).
+const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// The kernel holds a FUSE mount's dirty pages to 1% of the dirty limit, strictly,
+/// in case its daemon cannot be trusted with more; with the writeback cache, a
+/// writer then goes at the daemon's pace (one request at a time) instead of the
+/// page cache's. clonefs gives its own mount what a local file system has, and
+/// makes this thread, and so the workers `run()` starts from it, I/O flushers:
+/// their writes to the store are throttled against the store's disk alone, never
+/// against the mount's dirty pages, which only they can clean. Failing either is
+/// only slower, and is logged.
+fn lift_dirty_limits(mountpoint: &Path) {
+    // SAFETY: prctl with integer arguments changes only this thread's flags.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        warn!(
+            "cannot make the workers I/O flushers: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let Some(dev) = mount_device(mountpoint) else {
+        warn!(
+            "{} is not in /proc/self/mountinfo: its dirty page limits stay the kernel's",
+            mountpoint.display()
+        );
+        return;
+    };
+    let bdi = Path::new("/sys/class/bdi").join(&dev);
+    for (knob, value) in [("strict_limit", "0"), ("max_ratio", "100")] {
+        if let Err(e) = std::fs::write(bdi.join(knob), value) {
+            warn!("cannot set {}/{knob} to {value}: {e}", bdi.display());
+        }
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The device number, `MAJOR:MINOR`.
+    pub dev: String,
+    pub point: PathBuf,
+    pub fstype: String,
+    /// For clonefs: the store file.
+    pub source: PathBuf,
+}
+
+/// The mounts this process sees, in mountinfo order: of the entries for one path,
+/// the last is the one on top. Read from the kernel's table, not by a stat of the
+/// mount point, which would ask the daemon (and hang on one that is gone).
+pub fn mounts() -> Vec<MountEntry> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// "36 35 98:0 /mnt1 /mnt/a\040b rw,noatime - fuse.clonefs /store rw,..."
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut left = left.split(' ');
+    let dev = left.nth(2)?;
+    let point = left.nth(1)?;
+    let mut right = right.split(' ');
+    let fstype = right.next()?;
+    let source = right.next()?;
+    let path = |s: &str| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(s)));
+    Some(MountEntry {
+        dev: dev.to_owned(),
+        point: path(point),
+        fstype: fstype.to_owned(),
+        source: path(source),
+    })
+}
+
+/// The device number (`MAJOR:MINOR`) of the topmost mount at `mountpoint`.
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let want = std::fs::canonicalize(mountpoint).ok()?;
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == want)
+        .map(|m| m.dev)
+}
+
+/// A mountinfo path field: space, tab, newline and backslash are written `\ooo`.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_unescape_and_the_root_mount_has_a_device() {
+        assert_eq!(
+            unescape_mountinfo(r"/a\040b\011c\134d\\"),
+            b"/a b\tc\\d\\\\"
+        );
+        assert_eq!(unescape_mountinfo(r"/x\09"), b"/x\\09");
+        assert_eq!(unescape_mountinfo(r"/x\+12"), b"/x\\+12");
+        assert_eq!(unescape_mountinfo(r"/x\777"), b"/x\\777");
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), b"/x\\");
+        let m = parse_mountinfo_line(
+            r"36 35 0:52 / /mnt/a\040b rw,nosuid - fuse.clonefs /s\040t rw,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(m.dev, "0:52");
+        assert_eq!(m.point, Path::new("/mnt/a b"));
+        assert_eq!(m.fstype, "fuse.clonefs");
+        assert_eq!(m.source, Path::new("/s t"));
+        let dev = mount_device(Path::new("/")).expect("/ in /proc/self/mountinfo");
+        let (major, minor) = dev.split_once(':').expect(&dev);
+        assert!(
+            major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok(),
+            "{dev}"
+        );
+    }
+}

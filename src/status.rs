@@ -1,0 +1,153 @@
+//! The status document: what a running daemon says about its store and clusters.
+//!
+//! It is defined once, here, as plain serde types, because three parties must agree
+//! on it: the daemon writes it (read from `/.clonefs-status` at the mount root), the
+//! command line reads it back (`clonefs status`, and `umount` for the daemon's pid),
+//! and scripts read `clonefs status --json` as is. Field names and meanings are
+//! therefore an interface: add fields, never rename or repurpose one.
+//!
+//! A document is a snapshot taken when the status file is opened; every size is in
+//! bytes of store pages, and `created` is in seconds since the Unix epoch.
+
+use crate::error::Result;
+use crate::volume::Volume;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The store a daemon serves, and its clusters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The store file.
+    pub store: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    pub page_size: u64,
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// One cluster: its lineage and space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub id: u64,
+    /// The cluster it was cloned from, if any (even if that one is gone).
+    pub parent: Option<String>,
+    /// Seconds since the Unix epoch (negative before it).
+    pub created: i64,
+    /// Pages its tree reaches.
+    pub logical: u64,
+    /// Of those, pages other clusters reach too.
+    pub shared: u64,
+    /// Pages only it reaches: what deleting it frees.
+    pub unique: u64,
+}
+
+impl StatusDoc {
+    /// The document for `vol`, served by this process. It walks every cluster's tree
+    /// for the space figures, so it costs as much as the store is large.
+    pub fn of(vol: &Volume) -> Result<StatusDoc> {
+        let space = vol.statfs();
+        let mut sizes: HashMap<String, (u64, u64, u64)> = vol
+            .space()?
+            .into_iter()
+            .map(|s| (s.name, (s.logical, s.shared, s.unique)))
+            .collect();
+        let clusters = vol
+            .clusters()
+            .into_iter()
+            .map(|cl| {
+                let (logical, shared, unique) = sizes.remove(&cl.name).unwrap_or_default();
+                ClusterStatus {
+                    id: cl.id.0,
+                    parent: cl.parent,
+                    created: unix_secs(cl.created),
+                    logical,
+                    shared,
+                    unique,
+                    name: cl.name,
+                }
+            })
+            .collect();
+        Ok(StatusDoc {
+            store: vol.path().display().to_string(),
+            pid: std::process::id(),
+            page_size: space.page_size,
+            capacity: space.capacity,
+            used: space.used,
+            free: space.free,
+            clusters,
+        })
+    }
+
+    /// Pretty JSON ending in a newline, as the status file and `status --json` show it.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a StatusDoc always serializes");
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(text: &str) -> serde_json::Result<StatusDoc> {
+        serde_json::from_str(text)
+    }
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::NewInode;
+
+    #[test]
+    fn status_lists_clusters_with_lineage() {
+        let (vol, _dev) = Volume::in_memory(4096, 1024).unwrap();
+        let who = NewInode {
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        vol.create_cluster("prod", who).unwrap();
+        vol.clone_cluster("prod", "test").unwrap();
+        let doc = StatusDoc::of(&vol).unwrap().to_json();
+        assert!(doc.contains("\"name\": \"prod\""), "{doc}");
+        assert!(doc.contains("\"parent\": null"), "{doc}");
+        assert!(doc.contains("\"parent\": \"prod\""), "{doc}");
+        assert!(
+            doc.contains(&format!("\"pid\": {}", std::process::id())),
+            "{doc}"
+        );
+        assert!(doc.ends_with("}\n"), "{doc}");
+        assert_eq!(
+            StatusDoc::from_json(&doc).unwrap(),
+            StatusDoc::of(&vol).unwrap()
+        );
+    }
+
+    #[test]
+    fn status_strings_are_escaped() {
+        let mut doc = StatusDoc {
+            store: "a\"b\\c".into(),
+            pid: 1,
+            page_size: 4096,
+            capacity: 0,
+            used: 0,
+            free: 0,
+            clusters: vec![],
+        };
+        assert!(doc.to_json().contains(r#""store": "a\"b\\c""#));
+        doc.store = "l1\nl2\t\u{1}".into();
+        assert!(doc.to_json().contains(r#""store": "l1\nl2\t\u0001""#));
+        doc.store = "é".into();
+        assert!(doc.to_json().contains("\"store\": \"é\""));
+        assert_eq!(StatusDoc::from_json(&doc.to_json()).unwrap(), doc);
+    }
+}
