@@ -188,6 +188,9 @@ fn serve(
     ready: &mut Option<File>,
 ) -> Result<(), String> {
     let vol = Volume::open_path(store).map_err(|e| e.to_string())?;
+    let socket = clonefs::api::socket_path(store);
+    let api = clonefs::api::Api::serve_unix(vol.clone(), &socket)
+        .map_err(|e| format!("cannot serve the API on {}: {e}", socket.display()))?;
     let session = clonefs::fs::mount(vol, mnt, mc)
         .map_err(|e| format!("cannot mount {} at {}: {e}", store.display(), mnt.display()))?;
     spawn_signal_thread(signals, mnt.to_owned());
@@ -206,9 +209,11 @@ fn serve(
     if let Some(mut w) = ready.take() {
         let _ = writeln!(w, "ready");
     }
-    session
+    let served = session
         .run()
-        .map_err(|e| format!("serving {} ended with an error: {e}", mnt.display()))?;
+        .map_err(|e| format!("serving {} ended with an error: {e}", mnt.display()));
+    drop(api);
+    served?;
     info!("daemon for {} exits", mnt.display());
     Ok(())
 }

@@ -49,6 +49,12 @@ pub enum Error {
         path: PathBuf,
         holder: String,
     },
+    /// A protected cluster (named) refuses to be deleted, reset or to lose a name.
+    Protected(String),
+    /// The cluster is in use (files open, say): the message says by what.
+    Busy(String),
+    /// A time outside what the operation accepts: the message names the window.
+    BadTime(String),
     /// An earlier I/O failure left the store in an unknown state; it refuses writes.
     PreviousIo,
     Io(std::io::Error),
@@ -76,7 +82,9 @@ impl Error {
             Error::NoSuchOffset => libc::ENXIO,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::Corrupt { .. } | Error::PreviousIo | Error::BadStore { .. } => libc::EIO,
-            Error::Locked { .. } => libc::EBUSY,
+            Error::Locked { .. } | Error::Busy(_) => libc::EBUSY,
+            Error::Protected(_) => libc::EPERM,
+            Error::BadTime(_) => libc::EINVAL,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -106,6 +114,13 @@ impl fmt::Display for Error {
             Error::Locked { path, holder } => {
                 write!(f, "{}: store is in use by {holder}", path.display())
             }
+            Error::Protected(name) => write!(
+                f,
+                "cluster '{name}' is protected: it cannot be deleted or reset, and no file \
+                 in it can be removed; `clonefs unprotect --cluster {name} MOUNTPOINT` lifts that"
+            ),
+            Error::Busy(why) => write!(f, "busy: {why}"),
+            Error::BadTime(why) => write!(f, "{why}"),
             Error::PreviousIo => write!(
                 f,
                 "an earlier I/O error left the store in an unknown state; remount it"

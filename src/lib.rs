@@ -5,6 +5,7 @@
 //! `status` is the one document a daemon publishes about its store, read by the
 //! command line (and later the HTTP API); it looks down at `volume` only.
 
+pub mod api;
 pub mod error;
 pub mod fs;
 pub mod status;

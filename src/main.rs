@@ -9,6 +9,7 @@ mod daemon;
 
 use clap::{Parser, Subcommand};
 use cli::parse_size;
+use clonefs::api::PatchCluster;
 use clonefs::fs::MountConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ enum Cmd {
         /// Page size: a power of two from 4K to 64K
         #[arg(long, default_value = "4K", value_parser = parse_size)]
         page_size: u64,
+        /// How long restore points are kept (like 7d, 12h; 0 turns them off); each
+        /// cluster can change it (clonefs modify --retention)
+        #[arg(long, default_value = "7d", value_parser = parse_retention)]
+        retention: std::time::Duration,
     },
     /// Mount a store; returns once the mount is ready (unless --foreground)
     Mount {
@@ -75,7 +80,89 @@ enum Cmd {
         /// Name of the new cluster
         #[arg(long)]
         cluster: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        /// Print the API's reply as JSON
+        #[arg(long)]
+        json: bool,
         /// The clonefs mount
+        mountpoint: PathBuf,
+    },
+    /// Make a new cluster from a cluster as it was at a time (a restore point)
+    #[command(group = clap::ArgGroup::new("when").required(true).args(["restore_to_time", "use_latest_restorable_time"]))]
+    RestoreToPointInTime {
+        /// The cluster to restore
+        #[arg(long)]
+        source_cluster: String,
+        /// Name of the new cluster
+        #[arg(long)]
+        cluster: String,
+        /// RFC 3339 (2026-11-30T09:50:00Z) or relative (-10m): the newest restore
+        /// point at or before it is used, and its exact time printed
+        #[arg(long)]
+        restore_to_time: Option<String>,
+        /// The cluster's latest state (the same as clonefs clone)
+        #[arg(long)]
+        use_latest_restorable_time: bool,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        #[arg(long)]
+        json: bool,
+        mountpoint: PathBuf,
+    },
+    /// Show a cluster's restore window: earliest and latest restorable time
+    Restorable {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        json: bool,
+        mountpoint: PathBuf,
+    },
+    /// Replace a cluster's contents, at the same path, with its parent's latest
+    /// (or an image at a time); refused with files open unless --force
+    Reset {
+        #[arg(long)]
+        cluster: String,
+        /// The parent's image at this time (the cluster's own if it has no parent)
+        #[arg(long, conflicts_with = "from_parent")]
+        restore_to_time: Option<String>,
+        /// The parent's latest contents (the default)
+        #[arg(long)]
+        from_parent: bool,
+        /// Reset even with files open; their open handles then fail
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+        mountpoint: PathBuf,
+    },
+    /// Protect a cluster: no delete, no reset, no file in it removed
+    Protect {
+        #[arg(long)]
+        cluster: String,
+        mountpoint: PathBuf,
+    },
+    /// Lift a cluster's protection
+    Unprotect {
+        #[arg(long)]
+        cluster: String,
+        mountpoint: PathBuf,
+    },
+    /// Change a cluster's expiry or how long its restore points are kept
+    Modify {
+        #[arg(long)]
+        cluster: String,
+        /// How long restore points are kept (like 7d; 0 turns them off and drops them)
+        #[arg(long)]
+        retention: Option<String>,
+        /// Expire at this time (RFC 3339, or relative like +2h)
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires_at: Option<String>,
+        /// Never expire
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long)]
+        json: bool,
         mountpoint: PathBuf,
     },
     /// Show the clusters of a mount, their lineage and space
@@ -89,6 +176,30 @@ enum Cmd {
     Fsck { store: PathBuf },
 }
 
+/// When a new cluster expires.
+#[derive(clap::Args)]
+struct ExpiryArgs {
+    /// Delete the new cluster after this long (like 30m, 2h, 7d)
+    #[arg(long, conflicts_with = "expires_at")]
+    expires_in: Option<String>,
+    /// Delete the new cluster at this time (RFC 3339, or relative like +2h)
+    #[arg(long)]
+    expires_at: Option<String>,
+}
+
+impl ExpiryArgs {
+    fn expiry(self) -> cli::restore::Expiry {
+        cli::restore::Expiry {
+            expires_in: self.expires_in,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    clonefs::volume::parse_duration(s)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -96,7 +207,8 @@ fn main() -> ExitCode {
             store,
             size,
             page_size,
-        } => cli::mkfs::run(&store, size, page_size),
+            retention,
+        } => cli::mkfs::run(&store, size, page_size, retention),
         Cmd::Mount {
             store,
             mountpoint,
@@ -120,8 +232,97 @@ fn main() -> ExitCode {
         Cmd::Clone {
             source_cluster,
             cluster,
+            expiry,
+            json,
             mountpoint,
-        } => cli::clone::run(&mountpoint, &source_cluster, &cluster),
+        } => cli::restore::restore(
+            &mountpoint,
+            &source_cluster,
+            &cluster,
+            None,
+            &expiry.expiry(),
+            json,
+        ),
+        Cmd::RestoreToPointInTime {
+            source_cluster,
+            cluster,
+            restore_to_time,
+            use_latest_restorable_time: _,
+            expiry,
+            json,
+            mountpoint,
+        } => cli::restore::restore(
+            &mountpoint,
+            &source_cluster,
+            &cluster,
+            restore_to_time.as_deref(),
+            &expiry.expiry(),
+            json,
+        ),
+        Cmd::Restorable {
+            cluster,
+            json,
+            mountpoint,
+        } => cli::restore::restorable(&mountpoint, &cluster, json),
+        Cmd::Reset {
+            cluster,
+            restore_to_time,
+            from_parent: _,
+            force,
+            json,
+            mountpoint,
+        } => cli::restore::reset(
+            &mountpoint,
+            &cluster,
+            restore_to_time.as_deref(),
+            force,
+            json,
+        ),
+        Cmd::Protect {
+            cluster,
+            mountpoint,
+        } => cli::restore::modify(
+            &mountpoint,
+            &cluster,
+            &PatchCluster {
+                protected: Some(true),
+                ..Default::default()
+            },
+            false,
+        ),
+        Cmd::Unprotect {
+            cluster,
+            mountpoint,
+        } => cli::restore::modify(
+            &mountpoint,
+            &cluster,
+            &PatchCluster {
+                protected: Some(false),
+                ..Default::default()
+            },
+            false,
+        ),
+        Cmd::Modify {
+            cluster,
+            retention,
+            expires_at,
+            no_expiry,
+            json,
+            mountpoint,
+        } => cli::restore::modify(
+            &mountpoint,
+            &cluster,
+            &PatchCluster {
+                protected: None,
+                expires_at: if no_expiry {
+                    Some(String::new())
+                } else {
+                    expires_at
+                },
+                retention,
+            },
+            json,
+        ),
         Cmd::Status { mountpoint, json } => cli::status::run(&mountpoint, json),
         Cmd::Fsck { store } => cli::fsck::run(&store),
     };

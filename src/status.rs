@@ -10,7 +10,7 @@
 //! bytes of store pages, and `created` is in seconds since the Unix epoch.
 
 use crate::error::Result;
-use crate::volume::Volume;
+use crate::volume::{ClusterInfo, ClusterSpace, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,8 +42,52 @@ pub struct ClusterStatus {
     pub logical: u64,
     /// Of those, pages other clusters reach too.
     pub shared: u64,
-    /// Pages only it reaches: what deleting it frees.
+    /// Pages only it reaches.
     pub unique: u64,
+    /// Pages only its restore points reach: deleting it frees `unique + restore_only`.
+    #[serde(default)]
+    pub restore_only: u64,
+    /// A protected cluster cannot be deleted or reset, nor can files in it be removed.
+    #[serde(default)]
+    pub protected: bool,
+    /// When the daemon deletes it (RFC 3339), unless protected by then.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// How long its restore points are kept, in seconds (0: none are taken).
+    #[serde(default)]
+    pub retention_secs: u64,
+    /// How many restore points it has.
+    #[serde(default)]
+    pub restore_points: usize,
+    /// Its earliest restorable time (RFC 3339); the latest is always now.
+    #[serde(default)]
+    pub earliest_restorable: Option<String>,
+}
+
+/// A time as the documents give it: RFC 3339 in UTC, to the microsecond.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+impl ClusterStatus {
+    /// A cluster's entry; `space` from [`Volume::space`] (None: not measured, zeros).
+    pub fn of(cl: ClusterInfo, space: Option<&ClusterSpace>) -> ClusterStatus {
+        ClusterStatus {
+            id: cl.id.0,
+            parent: cl.parent,
+            created: unix_secs(cl.created),
+            logical: space.map_or(0, |s| s.logical),
+            shared: space.map_or(0, |s| s.shared),
+            unique: space.map_or(0, |s| s.unique),
+            restore_only: space.map_or(0, |s| s.restore_only),
+            protected: cl.protected,
+            expires_at: cl.expires_at.map(rfc3339),
+            retention_secs: cl.retention.as_secs(),
+            restore_points: cl.restore_points.len(),
+            earliest_restorable: cl.restore_points.first().copied().map(rfc3339),
+            name: cl.name,
+        }
+    }
 }
 
 impl StatusDoc {
@@ -51,25 +95,17 @@ impl StatusDoc {
     /// for the space figures, so it costs as much as the store is large.
     pub fn of(vol: &Volume) -> Result<StatusDoc> {
         let space = vol.statfs();
-        let mut sizes: HashMap<String, (u64, u64, u64)> = vol
+        let mut sizes: HashMap<String, ClusterSpace> = vol
             .space()?
             .into_iter()
-            .map(|s| (s.name, (s.logical, s.shared, s.unique)))
+            .map(|s| (s.name.clone(), s))
             .collect();
         let clusters = vol
             .clusters()
             .into_iter()
             .map(|cl| {
-                let (logical, shared, unique) = sizes.remove(&cl.name).unwrap_or_default();
-                ClusterStatus {
-                    id: cl.id.0,
-                    parent: cl.parent,
-                    created: unix_secs(cl.created),
-                    logical,
-                    shared,
-                    unique,
-                    name: cl.name,
-                }
+                let space = sizes.remove(&cl.name);
+                ClusterStatus::of(cl, space.as_ref())
             })
             .collect();
         Ok(StatusDoc {

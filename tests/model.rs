@@ -1,16 +1,21 @@
 //! Model test: random operations on several clusters of a volume, compared after
 //! every step with a plain in-memory reference (a map of paths per cluster).
 //! Checks every file's bytes, every directory listing and the space accounting;
-//! fsck is clean at the end of every case.
+//! fsck is clean at the end of every case. The reference keeps each cluster's state
+//! after every step with the step's start and end time, so a restore to any of the
+//! volume's restore points, or a reset, can be checked byte for byte.
 
 use clonefs::error::Error;
 use clonefs::store::memdev::MemDevice;
 use clonefs::store::PageDevice;
-use clonefs::volume::{ClusterId, Ino, Kind, NewInode, RenameFlags, SetAttr, Volume};
+use clonefs::volume::{
+    CloneOptions, ClusterId, Ino, Kind, NewInode, RenameFlags, ResetTo, SetAttr, Volume,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 const WHO: NewInode = NewInode {
     perm: 0o755,
@@ -43,6 +48,10 @@ enum Op {
         to_f: usize,
     },
     Clone(usize, usize),
+    /// Restore cluster .0 as .1 from one of its restore points (.2 picks which).
+    Restore(usize, usize, usize),
+    /// Reset a cluster to its parent's latest contents.
+    Reset(usize),
     Delete(usize),
     Sync,
     Reopen,
@@ -62,14 +71,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => c.clone().prop_map(Op::Rmdir),
         2 => (c.clone(), f.clone(), c.clone(), f.clone()).prop_map(|(c, f, to_c, to_f)| Op::Copy { c, f, to_c, to_f }),
         2 => (c.clone(), c.clone()).prop_map(|(a, b)| Op::Clone(a, b)),
+        3 => (c.clone(), c.clone(), 0usize..64).prop_map(|(a, b, k)| Op::Restore(a, b, k)),
+        1 => c.clone().prop_map(Op::Reset),
         1 => c.clone().prop_map(Op::Delete),
-        1 => Just(Op::Sync),
+        2 => Just(Op::Sync),
         1 => Just(Op::Reopen),
     ]
 }
 
 /// The reference: per cluster, a map from path to file bytes, and the set of directories.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Model {
     files: BTreeMap<String, Vec<u8>>,
     dirs: Vec<String>,
@@ -79,6 +90,10 @@ struct Harness {
     vol: Arc<Volume>,
     dev: Arc<MemDevice>,
     model: BTreeMap<String, Model>,
+    /// Per cluster: its state after each step, with the step's start and end.
+    history: BTreeMap<String, Vec<(SystemTime, SystemTime, Model)>>,
+    /// Each clone's parent.
+    parents: BTreeMap<String, String>,
 }
 
 fn split(path: &str) -> (Option<&str>, &str) {
@@ -91,12 +106,91 @@ fn split(path: &str) -> (Option<&str>, &str) {
 impl Harness {
     fn new() -> Harness {
         let (vol, dev) = Volume::in_memory(PAGE, 4096).unwrap();
+        // A restore point at every commit that changed a cluster.
+        vol.set_point_interval(Duration::ZERO);
         let mut model = BTreeMap::new();
         for name in ["a", "b"] {
             vol.create_cluster(name, WHO).unwrap();
             model.insert(name.to_string(), Model::default());
         }
-        Harness { vol, dev, model }
+        let mut h = Harness {
+            vol,
+            dev,
+            model,
+            history: BTreeMap::new(),
+            parents: BTreeMap::new(),
+        };
+        let now = SystemTime::now();
+        h.record(now, now);
+        h
+    }
+
+    /// Applies `op`, then records every cluster's state with the step's times.
+    fn step(&mut self, op: &Op) {
+        let start = SystemTime::now();
+        self.apply(op);
+        self.record(start, SystemTime::now());
+    }
+
+    fn record(&mut self, start: SystemTime, end: SystemTime) {
+        self.history.retain(|c, _| self.model.contains_key(c));
+        for (c, m) in &self.model {
+            self.history
+                .entry(c.clone())
+                .or_default()
+                .push((start, end, m.clone()));
+        }
+    }
+
+    /// The states cluster `c` may have had at time `t`: the one after the last step
+    /// that ended by `t`, and the next one if that step began by `t` (a commit
+    /// between a step's start and end may or may not hold it).
+    fn states_at(&self, c: &str, t: SystemTime) -> Vec<Model> {
+        let h = &self.history[c];
+        let last = h.iter().rposition(|(_, end, _)| *end <= t).unwrap_or(0);
+        let mut out = vec![h[last].2.clone()];
+        if let Some((start, _, m)) = h.get(last + 1) {
+            if *start <= t {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
+    /// Does cluster `c` hold exactly `m` (every listing and byte)?
+    fn holds(&self, c: &str, m: &Model) -> bool {
+        let Ok(info) = self.vol.cluster_by_name(c) else {
+            return false;
+        };
+        let cid = info.id;
+        let names = |dir: Ino| -> Vec<String> {
+            let mut v: Vec<String> = self
+                .vol
+                .readdir(cid, dir, 0)
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8(e.name).unwrap())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            v.sort();
+            v
+        };
+        let mut want: Vec<String> = m
+            .files
+            .keys()
+            .filter(|k| !k.contains('/'))
+            .cloned()
+            .collect();
+        want.extend(m.dirs.iter().cloned());
+        want.sort();
+        if names(Ino::ROOT) != want {
+            return false;
+        }
+        m.files.iter().all(|(path, content)| {
+            self.resolve(cid, path)
+                .and_then(|ino| self.vol.read(cid, ino, 0, content.len() + 10))
+                .is_ok_and(|got| got == *content)
+        })
     }
 
     fn cid(&self, c: &str) -> ClusterId {
@@ -293,6 +387,60 @@ impl Harness {
                     assert_eq!(self.vol.statfs().used, used, "a clone allocates no page");
                     let m = self.model[src].clone();
                     self.model.insert(dst.into(), m);
+                    self.parents.insert(dst.into(), src.into());
+                }
+            }
+            Op::Restore(c, d, k) => {
+                let (src, dst) = (CLUSTERS[c], CLUSTERS[d]);
+                let Some(_) = self.model.get(src) else {
+                    let r = self.vol.clone_with(src, dst, &CloneOptions::default());
+                    assert!(matches!(r, Err(Error::NotFound)), "{op:?}: {r:?}");
+                    return;
+                };
+                let points = self.vol.cluster_by_name(src).unwrap().restore_points;
+                let Some(&t) = points.get(k % points.len().max(1)) else {
+                    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+                    let opts = CloneOptions {
+                        at: Some(hour_ago),
+                        ..Default::default()
+                    };
+                    let r = self.vol.clone_with(src, dst, &opts);
+                    assert!(matches!(r, Err(Error::BadTime(_))), "{op:?}: {r:?}");
+                    return;
+                };
+                let opts = CloneOptions {
+                    at: Some(t),
+                    ..Default::default()
+                };
+                let r = self.vol.clone_with(src, dst, &opts);
+                if self.model.contains_key(dst) {
+                    assert!(matches!(r, Err(Error::AlreadyExists(_))), "{op:?}: {r:?}");
+                    return;
+                }
+                assert_eq!(r.unwrap().1, t, "a restore holds the point asked for");
+                let states = self.states_at(src, t);
+                let m = states
+                    .iter()
+                    .find(|m| self.holds(dst, m))
+                    .unwrap_or_else(|| panic!("{op:?}: restored {dst} holds none of {states:?}"))
+                    .clone();
+                self.model.insert(dst.into(), m);
+                self.parents.insert(dst.into(), src.into());
+            }
+            Op::Reset(c) => {
+                let cl = CLUSTERS[c];
+                let r = self.vol.reset_cluster(cl, ResetTo::Parent, false);
+                let parent = self.parents.get(cl).filter(|p| self.model.contains_key(*p));
+                match (self.model.contains_key(cl), parent) {
+                    (false, _) => assert!(matches!(r, Err(Error::NotFound)), "{op:?}: {r:?}"),
+                    (true, None) => {
+                        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{op:?}: {r:?}")
+                    }
+                    (true, Some(p)) => {
+                        r.unwrap();
+                        let m = self.model[p].clone();
+                        self.model.insert(cl.into(), m);
+                    }
                 }
             }
             Op::Delete(c) => {
@@ -303,14 +451,15 @@ impl Harness {
                 }
                 self.vol.commit().unwrap();
                 self.vol.commit().unwrap();
-                let unique = self
+                let space = self
                     .vol
                     .space()
                     .unwrap()
                     .into_iter()
                     .find(|s| s.name == cl)
-                    .unwrap()
-                    .unique;
+                    .unwrap();
+                // Its restore points go with it.
+                let unique = space.unique + space.restore_only;
                 let used = self.vol.statfs().used;
                 self.vol.delete_cluster(cl).unwrap();
                 self.vol.commit().unwrap();
@@ -318,12 +467,19 @@ impl Harness {
                 assert_eq!(
                     used - self.vol.statfs().used,
                     unique,
-                    "deleting {cl} frees exactly its unique pages"
+                    "deleting {cl} frees exactly its unique pages and those only its restore points hold"
                 );
                 self.model.remove(cl);
+                self.parents.remove(cl);
             }
             Op::Sync => self.vol.commit().unwrap(),
             Op::Reopen => {
+                let points: Vec<_> = self
+                    .vol
+                    .clusters()
+                    .into_iter()
+                    .map(|c| (c.name, c.restore_points))
+                    .collect();
                 self.vol.close().unwrap();
                 let image = self.dev.live_image();
                 let dev = Arc::new(MemDevice::from_image(
@@ -332,7 +488,22 @@ impl Harness {
                     image,
                 ));
                 self.vol = Volume::open_device(dev.clone(), Path::new("model"), false).unwrap();
+                self.vol.set_point_interval(Duration::ZERO);
                 self.dev = dev;
+                let after: Vec<_> = self
+                    .vol
+                    .clusters()
+                    .into_iter()
+                    .map(|c| (c.name, c.restore_points))
+                    .collect();
+                // Closing commits, which may take one more point of each cluster.
+                for ((n, before), (n2, now)) in points.iter().zip(&after) {
+                    assert_eq!(n, n2);
+                    assert!(
+                        now.starts_with(before),
+                        "{n}: points {before:?} became {now:?}"
+                    );
+                }
             }
         }
     }
@@ -408,7 +579,7 @@ proptest! {
     fn volume_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
         let mut h = Harness::new();
         for op in &ops {
-            h.apply(op);
+            h.step(op);
             h.check();
         }
         let report = h.vol.fsck().unwrap();

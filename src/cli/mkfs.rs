@@ -7,8 +7,9 @@ use super::{human, init_logger, CliResult};
 use clonefs::volume::Volume;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-pub fn run(store: &Path, size: u64, page_size: u64) -> CliResult {
+pub fn run(store: &Path, size: u64, page_size: u64, retention: Duration) -> CliResult {
     init_logger("warn");
     if store.symlink_metadata().is_ok() {
         return Err(format!(
@@ -17,11 +18,23 @@ pub fn run(store: &Path, size: u64, page_size: u64) -> CliResult {
         ));
     }
     Volume::mkfs(store, size, page_size as usize).map_err(|e| e.to_string())?;
+    let set = Volume::open_path(store).and_then(|v| {
+        v.set_store_retention(retention)?;
+        v.close()
+    });
+    if let Err(e) = set {
+        let _ = std::fs::remove_file(store);
+        return Err(format!(
+            "{}: setting the retention failed: {e}",
+            store.display()
+        ));
+    }
     println!(
-        "made clonefs store {}: capacity {}, page size {}",
+        "made clonefs store {}: capacity {}, page size {}, restore points kept {}",
         store.display(),
         human(size / page_size * page_size),
-        human(page_size)
+        human(page_size),
+        humantime::format_duration(retention)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,10 @@
 //! ENOTCONN: the helpers here say so, and how to clear it, rather than pass on a
 //! bare "Transport endpoint is not connected".
 
-pub mod clone;
 pub mod fsck;
 pub mod mkfs;
 pub mod mount;
+pub mod restore;
 pub mod status;
 
 use clonefs::fs::{mounts, MountEntry, STATUS_NAME};

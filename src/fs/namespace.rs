@@ -11,7 +11,7 @@
 use super::attr::{errno, file_attr, kind_of};
 use super::{CloneFs, Node, GEN, NO_TTL, STATUS_NAME, TTL};
 use crate::error::Error;
-use crate::volume::{Attr, ClusterId, Ino, Volume};
+use crate::volume::{parse_time, Attr, CloneOptions, ClusterId, Ino, Volume};
 use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, ReplyEntry};
 use log::{debug, error, warn};
 use std::ffi::OsStr;
@@ -49,7 +49,9 @@ pub(super) fn marker_attr(vol: &Volume, blksize: u32, c: ClusterId) -> Result<Fi
     Ok(cluster_dir_attr(Node::Marker(c), &root, blksize, 0o555))
 }
 
-/// `mkdir SRC/.clone/NAME`: clones cluster `src` as `name`; the entry of its marker.
+/// `mkdir SRC/.clone/NAME`: clones cluster `src` as `name`; `NAME@TIME` restores
+/// it as it was at TIME (RFC 3339 or relative, see [`parse_time`]). The entry of
+/// the new cluster's marker.
 pub(super) fn clone_entry(
     vol: &Volume,
     blksize: u32,
@@ -57,7 +59,18 @@ pub(super) fn clone_entry(
     name: &str,
 ) -> Result<Entry, Error> {
     let started = Instant::now();
-    let c = vol.clone_cluster(&vol.cluster_info(src)?.name, name)?.id;
+    let (name, at) = match name.split_once('@') {
+        Some((name, t)) => (name, Some(parse_time(t).map_err(Error::BadTime)?)),
+        None => (name, None),
+    };
+    let opts = CloneOptions {
+        at,
+        ..Default::default()
+    };
+    let c = vol
+        .clone_with(&vol.cluster_info(src)?.name, name, &opts)?
+        .0
+        .id;
     debug!("clone {name} made in {:?}", started.elapsed());
     let node = Node::Marker(c);
     Ok(Entry {

@@ -1,7 +1,7 @@
 //! Space and checks: the store's space, each cluster's, and fsck, all by walks over
 //! whole trees (also the recount of references at open and the listing of records).
 
-use super::catalog::{self, Record};
+use super::catalog::{self, RecordKind, Slot};
 use super::dir::Dirent;
 use super::inode::{self, Ino, Inode, Kind};
 use super::node::{Engine, NodeKind, Tree, HEADER};
@@ -21,13 +21,16 @@ impl Volume {
         // go on); walking the committed roots under the commit lock instead would
         // let writers go on too.
         let _gate = self.gate.write().unwrap();
-        let trees: Vec<(String, Tree)> = self
+        let trees: Vec<(String, Tree, Vec<Tree>)> = self
             .catalog
             .read()
             .unwrap()
             .by_name
             .values()
-            .map(|c| (c.name.clone(), c.state.read().unwrap().itable))
+            .map(|c| {
+                let points = c.points.lock().unwrap().iter().map(|p| p.itable).collect();
+                (c.name.clone(), c.state.read().unwrap().itable, points)
+            })
             .collect();
         space(&self.eng, &trees)
     }
@@ -102,12 +105,12 @@ fn record_pages(eng: &Engine, tree: Tree, radix: NodeKind) -> Result<Vec<(u64, V
     Ok(out)
 }
 
-pub fn catalog_records(eng: &Engine, tree: Tree) -> Result<Vec<Record>> {
+pub fn catalog_records(eng: &Engine, tree: Tree) -> Result<Vec<Slot>> {
     let mut out = Vec::new();
     for (_, b) in record_pages(eng, tree, NodeKind::RadixCatalog)? {
         for r in b[HEADER..].chunks_exact(catalog::RECORD_BYTES) {
-            if let Some(rec) = Record::decode(r, PageNo(0))? {
-                out.push(rec);
+            if let Some(slot) = catalog::decode(r, PageNo(0))? {
+                out.push(slot);
             }
         }
     }
@@ -135,46 +138,61 @@ pub fn inodes(eng: &Engine, itable: Tree) -> Result<Vec<(Ino, Inode)>> {
     Ok(out)
 }
 
-/// Per cluster: pages reached, pages shared with another cluster, pages only it reaches.
-pub fn space(eng: &Engine, clusters: &[(String, Tree)]) -> Result<Vec<ClusterSpace>> {
+/// Per cluster (its live tree and its restore points' trees): pages its live tree
+/// reaches, of those the ones another cluster reaches too, and pages only its
+/// restore points reach.
+pub fn space(eng: &Engine, clusters: &[(String, Tree, Vec<Tree>)]) -> Result<Vec<ClusterSpace>> {
+    /// A page reached by two clusters.
     const SHARED: usize = usize::MAX;
-    let mut owner: HashMap<u64, usize> = HashMap::new();
-    for (c, (_, t)) in clusters.iter().enumerate() {
-        if t.root.is_none() {
-            continue;
-        }
-        let mut stack = vec![(t.root, Some(NodeKind::RadixInodes))];
-        while let Some((p, kind)) = stack.pop() {
-            let descend = match owner.get(&p.0).copied() {
-                None => {
-                    owner.insert(p.0, c);
-                    true
-                }
-                Some(o) if o == c || o == SHARED => false,
-                Some(_) => {
-                    owner.insert(p.0, SHARED);
-                    true
-                }
-            };
-            if descend {
-                if let Some(k) = kind {
-                    stack.extend(eng.children(&eng.read_node(p, k)?));
+    // page -> (the one cluster reaching it, or SHARED; whether its live tree does).
+    let mut owner: HashMap<u64, (usize, bool)> = HashMap::new();
+    for (c, (_, live, points)) in clusters.iter().enumerate() {
+        // The live tree first: a point's walk stops where the live tree's went.
+        let trees = std::iter::once((*live, true)).chain(points.iter().map(|t| (*t, false)));
+        for (t, is_live) in trees {
+            if t.root.is_none() {
+                continue;
+            }
+            let mut stack = vec![(t.root, Some(NodeKind::RadixInodes))];
+            while let Some((p, kind)) = stack.pop() {
+                let descend = match owner.get(&p.0).copied() {
+                    None => {
+                        owner.insert(p.0, (c, is_live));
+                        true
+                    }
+                    Some((SHARED, _)) => false,
+                    Some((o, _)) if o != c => {
+                        owner.insert(p.0, (SHARED, true));
+                        true
+                    }
+                    Some((_, seen_live)) => {
+                        owner.insert(p.0, (c, seen_live || is_live));
+                        is_live && !seen_live
+                    }
+                };
+                if descend {
+                    if let Some(k) = kind {
+                        stack.extend(eng.children(&eng.read_node(p, k)?));
+                    }
                 }
             }
         }
     }
     let ps = eng.ps as u64;
     let mut unique = vec![0u64; clusters.len()];
-    for o in owner.values() {
-        if *o != SHARED {
-            unique[*o] += ps;
+    let mut restore_only = vec![0u64; clusters.len()];
+    for &(o, live) in owner.values() {
+        match (o, live) {
+            (SHARED, _) => {}
+            (o, true) => unique[o] += ps,
+            (o, false) => restore_only[o] += ps,
         }
     }
     let mut memo = HashMap::new();
     clusters
         .iter()
         .enumerate()
-        .map(|(c, (name, t))| {
+        .map(|(c, (name, t, _))| {
             let logical = if t.root.is_none() {
                 0
             } else {
@@ -185,6 +203,7 @@ pub fn space(eng: &Engine, clusters: &[(String, Tree)]) -> Result<Vec<ClusterSpa
                 logical,
                 shared: logical - unique[c].min(logical),
                 unique: unique[c],
+                restore_only: restore_only[c],
             })
         })
         .collect()
@@ -314,7 +333,10 @@ pub fn fsck(
     }
     let committed: HashMap<String, Tree> = catalog_records(eng, catalog)?
         .into_iter()
-        .map(|rec| (rec.name.clone(), rec.itable))
+        .filter_map(|slot| match slot {
+            Slot::Record(rec) if rec.kind == RecordKind::Cluster => Some((rec.name, rec.itable)),
+            _ => None,
+        })
         .collect();
     let mut seen_roots = HashSet::new();
     for (name, itable, next_ino, orphans) in clusters {

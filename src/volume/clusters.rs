@@ -1,22 +1,24 @@
 //! Clusters: create, clone, delete, list, and the orphans a crash leaves.
 //!
 //! A clone is a new catalog entry whose inode table is the source's root with one
-//! more reference: O(1) whatever the data size. It holds the source's state
-//! exclusively for that instant and stores the source's waiting times first, so the
-//! clone holds every completed write. Deleting a cluster drops its root's reference
-//! and commits at once, so the pages only it held come back; its clones keep every
-//! page they share. Names follow the DB-cluster identifier rules
+//! more reference: O(1) whatever the data size (made in `restore.rs`, which also
+//! clones from restore points). Deleting a cluster drops its root's reference and
+//! its restore points and commits at once, so the pages only it held come back; its
+//! clones keep every page they share. A protected cluster refuses deletion. Names follow the DB-cluster identifier rules
 //! ([`catalog::validate_name`]).
 
-use super::catalog::{self, Record};
+use super::catalog::{self, Record, RecordKind, Settings};
 use super::check;
 use super::inode::{self, Ino, Inode, Kind};
 use super::node::{NodeKind, Tree};
-use super::{Catalog, Cluster, ClusterId, ClusterInfo, NewInode, State, Volume};
+use super::{
+    Catalog, CloneOptions, Cluster, ClusterId, ClusterInfo, Event, NewInode, State, Volume,
+};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 impl Cluster {
     pub(super) fn new(rec: Record) -> Cluster {
@@ -35,21 +37,37 @@ impl Cluster {
             open: Mutex::new(HashMap::new()),
             remapped: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(true),
+            changed: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            settings: Mutex::default(),
+            points: Mutex::default(),
         }
     }
 
-    fn info(&self) -> ClusterInfo {
+    pub(super) fn info(&self, defaults: &Settings) -> ClusterInfo {
+        let retention = Duration::from_nanos(self.retention_ns(defaults) as u64);
+        let s = self.settings.lock().unwrap();
         ClusterInfo {
             id: self.id,
             name: self.name.clone(),
             parent: self.parent.clone(),
             created: inode::to_system_time(self.created),
+            protected: s.protected,
+            expires_at: s.expires_at.map(inode::to_system_time),
+            retention,
+            restore_points: self
+                .points
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| inode::to_system_time(p.created))
+                .collect(),
         }
     }
 
     pub(super) fn record(&self, st: &State) -> Record {
         Record {
+            kind: RecordKind::Cluster,
             id: self.id.0,
             name: self.name.clone(),
             parent: self.parent.clone(),
@@ -84,6 +102,7 @@ impl Volume {
                 true,
             )?;
             let rec = Record {
+                kind: RecordKind::Cluster,
                 id: cat.next_id,
                 name: name.into(),
                 parent: None,
@@ -94,12 +113,13 @@ impl Volume {
             };
             Ok(self.add_cluster(&mut cat, rec))
         })
+        .inspect(|info| self.notify(Event::Created(info.name.clone())))
     }
 
-    fn add_cluster(&self, cat: &mut Catalog, rec: Record) -> ClusterInfo {
+    pub(super) fn add_cluster(&self, cat: &mut Catalog, rec: Record) -> ClusterInfo {
         cat.next_id = cat.next_id.max(rec.id + 1);
         let cl = Arc::new(Cluster::new(rec));
-        let info = cl.info();
+        let info = cl.info(&cat.defaults);
         cat.by_name.insert(cl.name.clone(), cl.clone());
         cat.by_id.insert(cl.id, cl);
         info
@@ -107,56 +127,24 @@ impl Volume {
 
     /// Clones cluster `src` as `name`: an atomic point-in-time image sharing every page.
     pub fn clone_cluster(&self, src: &str, name: &str) -> Result<ClusterInfo> {
-        catalog::validate_name(name)?;
-        let info = {
-            let _gate = self.change()?;
-            let source = self
-                .catalog
-                .read()
-                .unwrap()
-                .by_name
-                .get(src)
-                .cloned()
-                .ok_or(Error::NotFound)?;
-            // Hold writers off the source for the instant of the clone; the clone
-            // takes the times of its in-place overwrites too.
-            let mut st = source.state.write().unwrap();
-            self.store_times(&source, &mut st)?;
-            let mut cat = self.catalog.write().unwrap();
-            if cat.by_name.contains_key(name) {
-                return Err(Error::AlreadyExists(name.into()));
-            }
-            if !st.itable.root.is_none() {
-                self.eng.store.incref(st.itable.root);
-            }
-            let rec = Record {
-                id: cat.next_id,
-                name: name.into(),
-                parent: Some(src.into()),
-                created: inode::now_ns(),
-                itable: st.itable,
-                next_ino: st.next_ino,
-                orphans: st.orphans,
-            };
-            self.add_cluster(&mut cat, rec)
-        };
-        log::info!("cluster {src} cloned as {name}");
-        // Files open in the source are not open in the clone: free its orphans.
-        self.free_orphans_of(info.id)?;
-        Ok(info)
+        Ok(self.clone_with(src, name, &CloneOptions::default())?.0)
     }
 
     /// Deletes a cluster and everything in it; its clones keep every page they share.
     pub fn delete_cluster(&self, name: &str) -> Result<()> {
-        self.remove_cluster(name, false)
+        self.remove_cluster(name, false)?;
+        self.notify(Event::Deleted(name.into()));
+        Ok(())
     }
 
     /// Deletes a cluster only if its root directory is empty (rmdir).
     pub fn remove_empty_cluster(&self, name: &str) -> Result<()> {
-        self.remove_cluster(name, true)
+        self.remove_cluster(name, true)?;
+        self.notify(Event::Deleted(name.into()));
+        Ok(())
     }
 
-    fn remove_cluster(&self, name: &str, only_empty: bool) -> Result<()> {
+    pub(super) fn remove_cluster(&self, name: &str, only_empty: bool) -> Result<()> {
         let _gate = self.change()?;
         let cl = self
             .catalog
@@ -166,6 +154,9 @@ impl Volume {
             .get(name)
             .cloned()
             .ok_or(Error::NotFound)?;
+        if cl.settings.lock().unwrap().protected {
+            return Err(Error::Protected(name.into()));
+        }
         let mut st = cl.state.write().unwrap();
         if only_empty {
             let root = self.load(&st, Ino::ROOT)?;
@@ -176,9 +167,14 @@ impl Volume {
         let mut cat = self.catalog.write().unwrap();
         cat.by_name.remove(name);
         cat.by_id.remove(&cl.id);
-        cat.removed.push(cl.id);
+        cat.removed.push(cl.id.0);
         cl.deleted.store(true, Ordering::Release);
         self.eng.drop_tree(&mut st.itable);
+        self.drop_points(&mut cat, &cl);
+        let settings = cl.settings.lock().unwrap().id;
+        if settings != 0 {
+            cat.free_slot(settings);
+        }
         cl.dirs.lock().unwrap().clear();
         drop(cat);
         drop(st);
@@ -189,12 +185,10 @@ impl Volume {
     }
 
     pub fn clusters(&self) -> Vec<ClusterInfo> {
-        self.catalog
-            .read()
-            .unwrap()
-            .by_name
+        let cat = self.catalog.read().unwrap();
+        cat.by_name
             .values()
-            .map(|c| c.info())
+            .map(|c| c.info(&cat.defaults))
             .collect()
     }
 
@@ -206,12 +200,13 @@ impl Volume {
         let cat = self.catalog.read().unwrap();
         cat.by_name
             .get(name)
-            .map(|c| c.info())
+            .map(|c| c.info(&cat.defaults))
             .ok_or(Error::NotFound)
     }
 
     pub fn cluster_info(&self, c: ClusterId) -> Result<ClusterInfo> {
-        Ok(self.cluster(c)?.info())
+        let cl = self.cluster(c)?;
+        Ok(cl.info(&self.catalog.read().unwrap().defaults))
     }
 
     /// The live clusters cloned from `name`.
@@ -220,8 +215,23 @@ impl Volume {
         cat.by_name
             .values()
             .filter(|c| c.parent.as_deref() == Some(name))
-            .map(|c| c.info())
+            .map(|c| c.info(&cat.defaults))
             .collect()
+    }
+
+    /// Tells every watcher of `e`; watchers that went away are forgotten.
+    pub(super) fn notify(&self, e: Event) {
+        self.watchers
+            .lock()
+            .unwrap()
+            .retain(|w| w.send(e.clone()).is_ok());
+    }
+
+    /// A stream of changes to the set of clusters.
+    pub fn watch(&self) -> crossbeam::channel::Receiver<Event> {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        self.watchers.lock().unwrap().push(tx);
+        rx
     }
 
     pub(super) fn free_orphans(&self) -> Result<()> {
@@ -233,7 +243,7 @@ impl Volume {
     }
 
     /// Frees inodes of cluster `c` that no directory names and no one has open.
-    fn free_orphans_of(&self, c: ClusterId) -> Result<()> {
+    pub(super) fn free_orphans_of(&self, c: ClusterId) -> Result<()> {
         let cl = self.cluster(c)?;
         if cl.state.read().unwrap().orphans == 0 {
             return Ok(());

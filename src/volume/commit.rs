@@ -7,8 +7,9 @@
 //! gate is released, so writers go on into the next epoch. Reference drops of the
 //! sealed epoch are applied only once its superblock is durable; a failed commit
 //! requeues them (and its pages' checksums) for the next one. A background thread
-//! commits every [`COMMIT_INTERVAL`] when something changed, or when times of
-//! in-place overwrites have waited [`TIMES_INTERVAL`].
+//! commits every [`COMMIT_INTERVAL`] when something changed, when times of
+//! in-place overwrites have waited [`TIMES_INTERVAL`], or when a restore point is
+//! due; it also deletes expired clusters.
 
 use super::catalog::{self};
 use super::node::NodeKind;
@@ -43,7 +44,14 @@ impl Volume {
                 }
                 drop(stopped);
                 let Some(vol) = weak.upgrade() else { return };
-                if vol.eng.has_pending() || vol.any_dirty() || vol.times_waited(TIMES_INTERVAL) {
+                if let Err(e) = vol.expire() {
+                    log::error!("deleting expired clusters failed: {e}");
+                }
+                if vol.eng.has_pending()
+                    || vol.any_dirty()
+                    || vol.times_waited(TIMES_INTERVAL)
+                    || vol.points_due()
+                {
                     if let Err(e) = vol.commit() {
                         log::error!("background commit failed: {e}");
                     }
@@ -62,7 +70,9 @@ impl Volume {
 
     pub(super) fn any_dirty(&self) -> bool {
         let cat = self.catalog.read().unwrap();
-        !cat.removed.is_empty() || cat.by_id.values().any(|c| c.dirty.load(Ordering::Relaxed))
+        !cat.removed.is_empty()
+            || cat.defaults_dirty
+            || cat.by_id.values().any(|c| c.dirty.load(Ordering::Relaxed))
     }
 
     pub(super) fn stop_timer(&self) {
@@ -89,7 +99,11 @@ impl Volume {
         if self.durable.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        if !self.eng.has_pending() && !self.any_dirty() && !self.times_waited(Duration::ZERO) {
+        if !self.eng.has_pending()
+            && !self.any_dirty()
+            && !self.times_waited(Duration::ZERO)
+            && !self.points_due()
+        {
             // Nothing changed since the last commit: it is the current state.
             return Ok(());
         }
@@ -104,19 +118,27 @@ impl Volume {
                 *since = None;
             }
             drop(since);
+            self.take_points(&mut cat, &mut cs)?;
             // Each removal and dirty flag is cleared only once its record is written:
             // a commit that fails here (no space) leaves them for the next one.
             while let Some(&id) = cat.removed.last() {
                 self.eng.write_record(
                     &mut cs.tree,
                     NodeKind::RadixCatalog,
-                    id.0,
+                    id,
                     &[0; catalog::RECORD_BYTES],
                     true,
                 )?;
                 cat.removed.pop();
             }
-            for cl in cat.by_id.values() {
+            if cat.defaults_dirty {
+                let mut defaults = cat.defaults.clone();
+                self.store_settings(&mut cat, &mut cs, &mut defaults)?;
+                cat.defaults = defaults;
+                cat.defaults_dirty = false;
+            }
+            let clusters: Vec<_> = cat.by_id.values().cloned().collect();
+            for cl in clusters {
                 if cl.dirty.load(Ordering::Acquire) {
                     let rec = cl.record(&cl.state.read().unwrap()).encode();
                     self.eng.write_record(
@@ -126,6 +148,10 @@ impl Volume {
                         &rec,
                         true,
                     )?;
+                    let mut settings = cl.settings.lock().unwrap().clone();
+                    settings.name = cl.name.clone();
+                    self.store_settings(&mut cat, &mut cs, &mut settings)?;
+                    cl.settings.lock().unwrap().id = settings.id;
                     cl.dirty.store(false, Ordering::Release);
                 }
             }
@@ -179,14 +205,15 @@ impl Volume {
     }
 
     /// Runs a change; on `NoSpace` with frees pending, commits (releasing them) and
-    /// tries once more.
+    /// tries again; when nothing is pending, gives up the oldest restore points
+    /// first: live data always comes before history.
     pub(super) fn with_room<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-        match f() {
-            Err(Error::NoSpace) if self.eng.has_pending() => {
-                self.commit()?;
-                f()
+        loop {
+            match f() {
+                Err(Error::NoSpace) if self.eng.has_pending() => self.commit()?,
+                Err(Error::NoSpace) if self.shed_points()? => self.commit()?,
+                r => return r,
             }
-            r => r,
         }
     }
 }

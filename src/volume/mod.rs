@@ -13,6 +13,7 @@
 //! | `write.rs` | where a write goes: in place, or copy-on-write |
 //! | `ranges.rs` | fallocate, seek data/hole, copy_file_range |
 //! | `xattr.rs` | extended attributes |
+//! | `restore.rs` | restore points, restore to a time, reset, protection, expiry |
 //! | `check.rs` | space per cluster, fsck, the recount walks |
 //! | `node.rs` | the tree engine: pages, radix trees, copy-on-write, lazy counts |
 //! | `inode.rs`, `dir.rs`, `catalog.rs` | the records in the trees' leaves |
@@ -51,17 +52,22 @@ pub mod node;
 mod op;
 mod open;
 mod ranges;
+mod restore;
 mod write;
 mod xattr;
 
+use catalog::{Record, Settings};
 pub use check::FsckReport;
 use dir::DirIndex;
 pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
 use node::{Engine, RecordFormat, Records, Tree};
+pub use restore::{
+    parse_duration, parse_time, CloneOptions, ResetTo, Restorable, DEFAULT_RETENTION,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The records at the leaves of the trees, as the tree engine sees them.
 const RECORDS: Records = Records {
@@ -82,6 +88,15 @@ const RECORDS: Records = Records {
 /// The largest file size (the kernel's limit for a 64-bit offset, rounded down).
 const MAX_FILE_SIZE: u64 = 1 << 60;
 
+/// A change to the set of clusters, for whoever watches (the API's event stream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Created(String),
+    Deleted(String),
+    Reset(String),
+    Expired(String),
+}
+
 /// A cluster's id: stable for the cluster's life, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClusterId(pub u64);
@@ -93,6 +108,14 @@ pub struct ClusterInfo {
     /// The cluster it was cloned from, if any (even if that one is gone).
     pub parent: Option<String>,
     pub created: SystemTime,
+    /// Cannot be deleted or reset, nor can names in it be removed.
+    pub protected: bool,
+    /// When the daemon deletes it (unless it is protected by then).
+    pub expires_at: Option<SystemTime>,
+    /// How long its restore points are kept (zero: none are taken).
+    pub retention: Duration,
+    /// Its restore points, oldest first.
+    pub restore_points: Vec<SystemTime>,
 }
 
 /// Space of one cluster, in bytes of store pages.
@@ -103,8 +126,11 @@ pub struct ClusterSpace {
     pub logical: u64,
     /// Of those, pages other clusters reach too.
     pub shared: u64,
-    /// Pages only it reaches: what deleting it frees.
+    /// Pages only it reaches.
     pub unique: u64,
+    /// Pages only its restore points reach (what dropping them frees). Deleting
+    /// the cluster frees `unique + restore_only`.
+    pub restore_only: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,8 +189,14 @@ struct Cluster {
     open: Mutex<HashMap<Ino, u32>>,
     /// The epoch in which each inode's size or page map last changed, until durable.
     remapped: Mutex<HashMap<Ino, u64>>,
+    /// Its record (or settings) must be written at the next commit.
     dirty: AtomicBool,
+    /// Its contents changed since its last restore point.
+    changed: AtomicBool,
     deleted: AtomicBool,
+    settings: Mutex<Settings>,
+    /// Restore points, oldest first (records of kind [`RecordKind::Point`]).
+    points: Mutex<Vec<Record>>,
 }
 
 struct State {
@@ -183,8 +215,15 @@ struct Catalog {
     by_name: BTreeMap<String, Arc<Cluster>>,
     by_id: HashMap<ClusterId, Arc<Cluster>>,
     next_id: u64,
-    /// Deleted clusters whose catalog records the next commit clears.
-    removed: Vec<ClusterId>,
+    /// Catalog slots the next commit clears (deleted clusters, dropped points).
+    removed: Vec<u64>,
+    /// Slots of dropped points and settings, for new ones (never for clusters:
+    /// cluster ids are never reused).
+    free_slots: Vec<u64>,
+    /// The store's settings: its default retention.
+    defaults: Settings,
+    /// `defaults` must be written at the next commit.
+    defaults_dirty: bool,
 }
 
 struct CommitState {
@@ -204,7 +243,12 @@ pub struct Volume {
     catalog: RwLock<Catalog>,
     read_only: bool,
     stop: Arc<(Mutex<bool>, Condvar)>,
+    watchers: Mutex<Vec<crossbeam::channel::Sender<Event>>>,
+    /// At most one restore point per cluster in this many ns.
+    point_interval: AtomicU64,
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_restore;

@@ -4,7 +4,9 @@
 //! ([`DirIndex`]); a freed slot is reused. An inode unlinked while open becomes an
 //! orphan: its record stays until its last handle is released (or until the next
 //! open, after a crash). Each operation does its checks before its first write, and
-//! orders its steps so a failure (no space) leaves no half-made name. A setattr of
+//! orders its steps so a failure (no space) leaves no half-made name. In a
+//! protected cluster nothing can be unlinked or removed (a rename over a name is
+//! an update, and stays allowed). A setattr of
 //! mtime alone (the writeback cache handing over its times) waits with the times of
 //! in-place overwrites instead of storing the record.
 
@@ -13,6 +15,7 @@ use super::inode::{self, Attr, Ino, Inode, Kind, SetAttr};
 use super::op::Op;
 use super::{ClusterId, DirEntry, NewInode, RenameFlags, State, Volume, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 const SYMLINK_MAX: usize = 4095;
@@ -120,7 +123,8 @@ impl Volume {
             return Ok(None);
         };
         let _gate = self.change()?;
-        self.read_op(c, |_, st| {
+        self.read_op(c, |cl, st| {
+            cl.changed.store(true, Ordering::Release);
             let mut i = self.load(st, ino)?;
             let now = inode::now_ns();
             i.mtime = mtime.ns(now);
@@ -299,6 +303,7 @@ impl Volume {
     pub fn unlink(&self, c: ClusterId, parent: Ino, name: &[u8]) -> Result<()> {
         check_name(name)?;
         self.op(c, false, |op| {
+            self.refuse_if_protected(op.cl)?;
             let now = inode::now_ns();
             let (slot, e) = op.find(parent, name)?.ok_or(Error::NotFound)?;
             if e.kind == Kind::Dir {
@@ -318,6 +323,7 @@ impl Volume {
             _ => {}
         }
         self.op(c, false, |op| {
+            self.refuse_if_protected(op.cl)?;
             let now = inode::now_ns();
             let (slot, e) = op.find(parent, name)?.ok_or(Error::NotFound)?;
             if e.kind != Kind::Dir {

@@ -42,6 +42,7 @@ impl<'a> Op<'a> {
                 true,
             )?;
             self.cl.dirty.store(true, Ordering::Release);
+            self.cl.changed.store(true, Ordering::Release);
             self.touched.insert(ino, i);
         }
         Ok(self.touched.get_mut(&ino).unwrap())

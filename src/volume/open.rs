@@ -7,6 +7,7 @@
 //! the first commit's deferred frees are applied and the store's counts match its
 //! trees at rest.
 
+use super::catalog::{RecordKind, Slot};
 use super::check;
 use super::node::{Engine, Tree};
 use super::{Catalog, Cluster, CommitState, Volume, RECORDS};
@@ -16,7 +17,7 @@ use crate::store::{MmapDevice, PageDevice, Store};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 impl Volume {
     /// Creates a store file at `path` and an empty volume in it.
@@ -84,11 +85,44 @@ impl Volume {
             next_id: sb.next_cluster_id,
             ..Default::default()
         };
-        for rec in check::catalog_records(&eng, cat_tree)? {
-            let cl = Arc::new(Cluster::new(rec));
-            cl.dirty.store(false, Ordering::Relaxed);
-            catalog.by_name.insert(cl.name.clone(), cl.clone());
-            catalog.by_id.insert(cl.id, cl);
+        let mut points = Vec::new();
+        let mut settings = Vec::new();
+        for slot in check::catalog_records(&eng, cat_tree)? {
+            match slot {
+                Slot::Record(rec) if rec.kind == RecordKind::Cluster => {
+                    let cl = Arc::new(Cluster::new(rec));
+                    cl.dirty.store(false, Ordering::Relaxed);
+                    catalog.by_name.insert(cl.name.clone(), cl.clone());
+                    catalog.by_id.insert(cl.id, cl);
+                }
+                Slot::Record(point) => points.push(point),
+                Slot::Settings(s) if s.name.is_empty() => catalog.defaults = s,
+                Slot::Settings(s) => settings.push(s),
+            }
+        }
+        points.sort_by_key(|p| p.created);
+        let mut stray = Vec::new();
+        for p in points {
+            match catalog.by_name.get(&p.name) {
+                Some(cl) => cl.points.lock().unwrap().push(p),
+                None => stray.push(p),
+            }
+        }
+        for s in settings {
+            match catalog.by_name.get(&s.name) {
+                Some(cl) => *cl.settings.lock().unwrap() = s,
+                None => catalog.free_slot(s.id),
+            }
+        }
+        for mut p in stray {
+            log::warn!(
+                "a restore point of cluster {}, which no longer exists: dropped",
+                p.name
+            );
+            if !read_only {
+                eng.drop_tree(&mut p.itable);
+                catalog.free_slot(p.id);
+            }
         }
         let vol = Arc::new(Volume {
             eng,
@@ -102,6 +136,8 @@ impl Volume {
             catalog: RwLock::new(catalog),
             read_only,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
+            watchers: Mutex::default(),
+            point_interval: AtomicU64::new(super::restore::POINT_INTERVAL.as_nanos() as u64),
         });
         if !read_only {
             vol.free_orphans()?;
@@ -109,6 +145,24 @@ impl Volume {
             Self::start_timer(&vol);
         }
         Ok(vol)
+    }
+
+    /// Sets how long the store keeps restore points of clusters that do not say
+    /// otherwise (`mkfs --retention`); zero keeps none.
+    pub fn set_store_retention(&self, retention: Duration) -> Result<()> {
+        {
+            let _gate = self.change()?;
+            let mut cat = self.catalog.write().unwrap();
+            cat.defaults.retention = Some(retention.as_secs());
+            cat.defaults_dirty = true;
+            let clusters: Vec<_> = cat.by_id.values().cloned().collect();
+            for cl in clusters {
+                if cl.retention_ns(&cat.defaults) == 0 {
+                    self.drop_points(&mut cat, &cl);
+                }
+            }
+        }
+        self.commit()
     }
 
     /// Commits everything and stops the commit timer: a clean shutdown.

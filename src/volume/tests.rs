@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-const WHO: NewInode = NewInode {
+pub(super) const WHO: NewInode = NewInode {
     perm: 0o755,
     uid: 0,
     gid: 0,
@@ -22,11 +22,15 @@ const DROPS: Writer = Writer {
     from_cache: false,
 };
 
+/// A volume without restore points: these tests are of the mechanics beneath them
+/// (space coming back, overwrites in place); `points` tests keep them.
 fn vol(pages: u64) -> (Arc<Volume>, Arc<MemDevice>) {
-    Volume::in_memory(4096, pages).unwrap()
+    let (v, dev) = Volume::in_memory(4096, pages).unwrap();
+    v.set_store_retention(Duration::ZERO).unwrap();
+    (v, dev)
 }
 
-fn reopen(v: Arc<Volume>, dev: &Arc<MemDevice>) -> Arc<Volume> {
+pub(super) fn reopen(v: Arc<Volume>, dev: &Arc<MemDevice>) -> Arc<Volume> {
     v.close().unwrap();
     drop(v);
     let d = Arc::new(MemDevice::from_image(
@@ -39,13 +43,13 @@ fn reopen(v: Arc<Volume>, dev: &Arc<MemDevice>) -> Arc<Volume> {
 
 /// The volume as it opens after the power is cut (`seed` picks which unsynced
 /// writes the device keeps).
-fn after_power_cut(dev: &MemDevice, seed: u64) -> Arc<Volume> {
+pub(super) fn after_power_cut(dev: &MemDevice, seed: u64) -> Arc<Volume> {
     let image = dev.power_cut(seed);
     let d = MemDevice::from_image(4096, dev.capacity_pages(), image);
     Volume::open_device(Arc::new(d), Path::new("cut"), false).unwrap()
 }
 
-fn file(v: &Volume, c: ClusterId, name: &str) -> Ino {
+pub(super) fn file(v: &Volume, c: ClusterId, name: &str) -> Ino {
     v.mknod(c, Ino::ROOT, name.as_bytes(), Kind::File, WHO, 0)
         .unwrap()
         .ino
@@ -62,7 +66,7 @@ fn synced_wal() -> (Arc<Volume>, Arc<MemDevice>, ClusterId, Ino) {
     (v, dev, c, f)
 }
 
-fn clean(v: &Volume) {
+pub(super) fn clean(v: &Volume) {
     let r = v.fsck().unwrap();
     assert!(r.is_clean(), "{r}");
 }

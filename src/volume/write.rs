@@ -14,6 +14,7 @@ use super::node::{Deferred, NodeKind, Tree};
 use super::{ClusterId, State, Volume, Writer, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
 use crate::store::PageNo;
+use std::sync::atomic::Ordering;
 
 impl Volume {
     /// Writes `data` at `offset`; returns the bytes written (fewer only when the
@@ -41,8 +42,12 @@ impl Volume {
         }
         {
             let _gate = self.change()?;
-            let done = self.read_op(c, |_, st| {
-                self.overwrite_in_place(st, ino, offset, data, who)
+            let done = self.read_op(c, |cl, st| {
+                let done = self.overwrite_in_place(st, ino, offset, data, who)?;
+                if done.is_some() {
+                    cl.changed.store(true, Ordering::Release);
+                }
+                Ok(done)
             })?;
             if let Some(n) = done {
                 return Ok(n);

@@ -1,0 +1,441 @@
+//! The management API: JSON over HTTP/1.1, served by the daemon on a unix socket
+//! beside the store (`STORE.sock`, mode 0600: whoever may read the store may manage
+//! it).
+//!
+//! [`handle`] is the whole API as one function from a request to a reply, so it is
+//! tested without a socket; [`Api`] only moves requests from the listener to it.
+//! Every reply is JSON; an error is `{"error": {"code", "message"}}` with a status
+//! code that says which kind, and a message that says what to do. Nothing here
+//! reads or writes file contents, and the FUSE service never waits on a client: a
+//! request is served on the API's own threads, and a body is read to at most
+//! [`MAX_BODY`] bytes.
+//!
+//! Routes (all under `/api/v1`):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/clusters` | the store and every cluster ([`StatusDoc`]) |
+//! | POST | `/clusters` | `{"name"}`: a new, empty cluster |
+//! | GET | `/clusters/NAME` | one cluster |
+//! | PATCH | `/clusters/NAME` | `{"protected"?, "expires_at"?, "retention"?}` |
+//! | DELETE | `/clusters/NAME` | delete it |
+//! | POST | `/clusters/SRC/clones` | `{"name", "restore_to_time"?, "expires_in"?, "expires_at"?}` |
+//! | POST | `/clusters/NAME/reset` | `{"restore_to_time"?, "force"?}` (default: from its parent) |
+//! | GET | `/clusters/NAME/restorable` | its restore window |
+
+pub mod client;
+
+use crate::error::Error;
+use crate::status::{rfc3339, ClusterStatus, StatusDoc};
+use crate::volume::{parse_duration, parse_time, CloneOptions, ResetTo, Volume};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+/// The largest request body read.
+pub const MAX_BODY: u64 = 64 * 1024;
+const THREADS: usize = 2;
+
+/// The socket beside a store.
+pub fn socket_path(store: &Path) -> PathBuf {
+    let mut s = store.as_os_str().to_owned();
+    s.push(".sock");
+    PathBuf::from(s)
+}
+
+/// An API reply: a status code and a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The body of every error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable word for programs: `InvalidName`, `AlreadyExists`, `NotFound`, ...
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCluster {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClone {
+    pub name: String,
+    /// RFC 3339, or relative to now like `-10m` (None: the latest state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_to_time: Option<String>,
+    /// A duration like `2h` or `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetCluster {
+    /// The parent's image at this time (the cluster's own, if it has no parent);
+    /// None: the parent's latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_to_time: Option<String>,
+    /// Reset even with files open (their handles then fail).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCluster {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// RFC 3339 or relative (`+2h`); an empty string clears the expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// How long restore points are kept, like `7d`; `0` turns them off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+}
+
+/// A new cluster, and the time of the image it holds (a clone: now).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub cluster: ClusterStatus,
+    pub image_time: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorableDoc {
+    pub cluster: String,
+    pub earliest: Option<String>,
+    pub latest: String,
+    pub points: usize,
+    /// Bytes only the restore points hold: what dropping them would free.
+    pub restore_only: u64,
+}
+
+fn reply<T: Serialize>(status: u16, v: &T) -> Reply {
+    Reply {
+        status,
+        body: serde_json::to_string_pretty(v).expect("API types always serialize") + "\n",
+    }
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+    reply(
+        status,
+        &ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        },
+    )
+}
+
+/// The reply for a volume error about cluster `name`.
+fn failed(name: &str, e: Error) -> Reply {
+    let message = e.to_string();
+    match e {
+        Error::InvalidName { .. } => error(400, "InvalidName", message),
+        Error::AlreadyExists(_) => error(
+            409,
+            "AlreadyExists",
+            format!("cluster {name} already exists: choose another name"),
+        ),
+        Error::NotFound => error(
+            404,
+            "NotFound",
+            format!("no cluster {name}: `clonefs status` or GET /api/v1/clusters lists them"),
+        ),
+        Error::BadTime(_) => error(400, "InvalidTime", message),
+        Error::Protected(_) => error(403, "Protected", message),
+        Error::Busy(_) => error(409, "Busy", message),
+        Error::InvalidArgument(_) => error(400, "InvalidArgument", message),
+        Error::NoSpace => error(
+            507,
+            "NoSpace",
+            "the store is full: delete clusters or restore points to free space",
+        ),
+        _ => error(500, "Internal", message),
+    }
+}
+
+fn bad_request(code: &str, message: String) -> Reply {
+    error(400, code, message)
+}
+
+fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Reply> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        bad_request(
+            "InvalidRequest",
+            format!("the request body is not the JSON this route takes: {e}"),
+        )
+    })
+}
+
+fn time_field(field: &str, s: &str) -> Result<SystemTime, Reply> {
+    parse_time(s).map_err(|e| bad_request("InvalidTime", format!("{field}: {e}")))
+}
+
+fn cluster_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
+    let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
+    let space = vol.space().map_err(|e| failed(name, e))?;
+    Ok(ClusterStatus::of(
+        info,
+        space.iter().find(|s| s.name == name),
+    ))
+}
+
+/// Serves one request: `url` is the path (with any query), `body` the bytes read.
+pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
+    let path = url.split('?').next().unwrap_or("");
+    let Some(rest) = path.strip_prefix("/api/v1") else {
+        return error(
+            404,
+            "NoSuchRoute",
+            format!("no route {path}: the API lives under /api/v1"),
+        );
+    };
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let r = match (method, segs.as_slice()) {
+        ("GET", ["clusters"]) => StatusDoc::of(vol)
+            .map(|d| reply(200, &d))
+            .map_err(|e| failed("", e)),
+        ("POST", ["clusters"]) => create(vol, body_bytes),
+        ("GET", ["clusters", name]) => cluster_doc(vol, name).map(|c| reply(200, &c)),
+        ("PATCH", ["clusters", name]) => patch(vol, name, body_bytes),
+        ("DELETE", ["clusters", name]) => vol
+            .delete_cluster(name)
+            .map(|_| Reply {
+                status: 204,
+                body: String::new(),
+            })
+            .map_err(|e| failed(name, e)),
+        ("POST", ["clusters", src, "clones"]) => clone(vol, src, body_bytes),
+        ("POST", ["clusters", name, "reset"]) => reset(vol, name, body_bytes),
+        ("GET", ["clusters", name, "restorable"]) => restorable(vol, name),
+        (
+            _,
+            ["clusters"] | ["clusters", _] | ["clusters", _, "clones" | "reset" | "restorable"],
+        ) => Err(error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not served on {path}"),
+        )),
+        _ => Err(error(404, "NoSuchRoute", format!("no route {path}"))),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+fn create(vol: &Volume, b: &[u8]) -> Result<Reply, Reply> {
+    let req: CreateCluster = body(b)?;
+    let who = crate::volume::NewInode {
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    vol.create_cluster(&req.name, who)
+        .map_err(|e| failed(&req.name, e))?;
+    vol.commit().map_err(|e| failed(&req.name, e))?;
+    let cluster = cluster_doc(vol, &req.name)?;
+    Ok(reply(
+        201,
+        &Created {
+            image_time: rfc3339(SystemTime::now()),
+            cluster,
+        },
+    ))
+}
+
+fn clone(vol: &Volume, src: &str, b: &[u8]) -> Result<Reply, Reply> {
+    let req: CreateClone = body(b)?;
+    let at = req
+        .restore_to_time
+        .as_deref()
+        .map(|t| time_field("restore_to_time", t))
+        .transpose()?;
+    let expires_at = match (&req.expires_in, &req.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "InvalidRequest",
+                "give expires_in or expires_at, not both".into(),
+            ))
+        }
+        (Some(d), None) => Some(
+            SystemTime::now()
+                + parse_duration(d)
+                    .map_err(|e| bad_request("InvalidTime", format!("expires_in: {e}")))?,
+        ),
+        (None, Some(t)) => Some(time_field("expires_at", t)?),
+        (None, None) => None,
+    };
+    let (info, image) = vol
+        .clone_with(src, &req.name, &CloneOptions { at, expires_at })
+        .map_err(|e| match e {
+            Error::NotFound => failed(src, e),
+            e => failed(&req.name, e),
+        })?;
+    // Ready and durable when the reply comes.
+    vol.commit().map_err(|e| failed(&req.name, e))?;
+    let cluster = cluster_doc(vol, &info.name)?;
+    Ok(reply(
+        201,
+        &Created {
+            cluster,
+            image_time: rfc3339(image),
+        },
+    ))
+}
+
+fn reset(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
+    let req: ResetCluster = if b.is_empty() {
+        ResetCluster::default()
+    } else {
+        body(b)?
+    };
+    let to = match &req.restore_to_time {
+        Some(t) => ResetTo::Time(time_field("restore_to_time", t)?),
+        None => ResetTo::Parent,
+    };
+    vol.reset_cluster(name, to, req.force)
+        .map_err(|e| failed(name, e))?;
+    cluster_doc(vol, name).map(|c| reply(200, &c))
+}
+
+fn patch(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
+    let req: PatchCluster = body(b)?;
+    // Everything is checked before anything changes.
+    let expiry = match req.expires_at.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some(t) => Some(Some(time_field("expires_at", t)?)),
+    };
+    let retention = req
+        .retention
+        .as_deref()
+        .map(|r| {
+            parse_duration(r).map_err(|e| bad_request("InvalidTime", format!("retention: {e}")))
+        })
+        .transpose()?;
+    vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
+    if let Some(p) = req.protected {
+        vol.set_protected(name, p).map_err(|e| failed(name, e))?;
+    }
+    if let Some(e) = expiry {
+        vol.set_expiry(name, e).map_err(|e| failed(name, e))?;
+    }
+    if let Some(r) = retention {
+        vol.set_retention(name, r).map_err(|e| failed(name, e))?;
+    }
+    cluster_doc(vol, name).map(|c| reply(200, &c))
+}
+
+fn restorable(vol: &Volume, name: &str) -> Result<Reply, Reply> {
+    let r = vol.restorable(name).map_err(|e| failed(name, e))?;
+    Ok(reply(
+        200,
+        &RestorableDoc {
+            cluster: name.into(),
+            earliest: r.earliest.map(rfc3339),
+            latest: rfc3339(r.latest),
+            points: r.points,
+            restore_only: r.restore_only,
+        },
+    ))
+}
+
+/// The API's listener and its threads; dropping it stops them and removes the socket.
+pub struct Api {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl Api {
+    /// Serves `vol` on a unix socket at `socket` (mode 0600), replacing a stale one
+    /// (the store's lock says no other daemon serves this store).
+    pub fn serve_unix(vol: Arc<Volume>, socket: &Path) -> std::io::Result<Api> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let server = tiny_http::Server::http_unix(socket)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", socket.display())))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+        let server = Arc::new(server);
+        let threads = (0..THREADS)
+            .map(|i| {
+                let (server, vol) = (server.clone(), vol.clone());
+                std::thread::Builder::new()
+                    .name(format!("clonefs-api-{i}"))
+                    .spawn(move || serve(&server, &vol))
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Api {
+            server,
+            threads,
+            socket: socket.to_owned(),
+        })
+    }
+}
+
+fn serve(server: &tiny_http::Server, vol: &Volume) {
+    for mut req in server.incoming_requests() {
+        let mut bytes = Vec::new();
+        let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut bytes);
+        let r = match read {
+            Err(e) => error(
+                400,
+                "InvalidRequest",
+                format!("cannot read the request body: {e}"),
+            ),
+            Ok(_) if bytes.len() as u64 > MAX_BODY => error(
+                413,
+                "BodyTooLarge",
+                format!("request bodies are at most {MAX_BODY} bytes"),
+            ),
+            Ok(_) => handle(vol, req.method().as_str(), req.url(), &bytes),
+        };
+        log::debug!("api: {} {} -> {}", req.method(), req.url(), r.status);
+        let json = tiny_http::Header::from_bytes("Content-Type", "application/json")
+            .expect("a valid header");
+        let resp = tiny_http::Response::from_string(r.body)
+            .with_status_code(r.status)
+            .with_header(json);
+        if let Err(e) = req.respond(resp) {
+            log::debug!("api: replying failed: {e}");
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        for _ in &self.threads {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests;
