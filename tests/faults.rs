@@ -114,12 +114,41 @@ fn opening_a_bad_store_file_is_a_clear_error() {
         println!("{}", bad_store(&p, &[what, "checksum"]));
     }
 
-    // A store made by a future clonefs: format version 2, with a valid checksum.
+    // A store made by a future clonefs: the next format version, with a valid checksum.
     let future = mkfs(d, "future", 4 << 20);
     edit_superblocks(&future, false, |b| {
-        b[8..12].copy_from_slice(&2u32.to_le_bytes())
+        b[8..12].copy_from_slice(&(clonefs::store::FORMAT_VERSION + 1).to_le_bytes())
     });
     println!("{}", bad_store(&future, &["newer clonefs"]));
+
+    // A store made before restore points (format version 1) opens, keeps its
+    // clusters, and is written as the current version from its first commit
+    // that changes something.
+    let old = mkfs(d, "v1", 4 << 20);
+    {
+        let v = Volume::open_path(&old).unwrap();
+        v.create_cluster("kept", WHO).unwrap();
+        v.close().unwrap();
+    }
+    edit_superblocks(&old, false, |b| {
+        b[8..12].copy_from_slice(&1u32.to_le_bytes())
+    });
+    let v = Volume::open_path(&old).unwrap();
+    assert!(v.cluster_by_name("kept").is_ok());
+    v.create_cluster("new", WHO).unwrap();
+    v.close().unwrap();
+    drop(v);
+    let file = std::fs::File::open(&old).unwrap();
+    let newest = (0..2u64)
+        .map(|slot| {
+            let mut b = [0u8; 32];
+            file.read_exact_at(&mut b, slot * PS as u64).unwrap();
+            let generation = u64::from_le_bytes(b[24..32].try_into().unwrap());
+            (generation, u32::from_le_bytes(b[8..12].try_into().unwrap()))
+        })
+        .max()
+        .unwrap();
+    assert_eq!(newest.1, clonefs::store::FORMAT_VERSION);
 
     // Truncated: the superblock promises more pages than the file holds.
     let short = mkfs(d, "truncated", 4 << 20);

@@ -157,42 +157,6 @@ impl Harness {
         out
     }
 
-    /// Does cluster `c` hold exactly `m` (every listing and byte)?
-    fn holds(&self, c: &str, m: &Model) -> bool {
-        let Ok(info) = self.vol.cluster_by_name(c) else {
-            return false;
-        };
-        let cid = info.id;
-        let names = |dir: Ino| -> Vec<String> {
-            let mut v: Vec<String> = self
-                .vol
-                .readdir(cid, dir, 0)
-                .unwrap()
-                .into_iter()
-                .map(|e| String::from_utf8(e.name).unwrap())
-                .filter(|n| n != "." && n != "..")
-                .collect();
-            v.sort();
-            v
-        };
-        let mut want: Vec<String> = m
-            .files
-            .keys()
-            .filter(|k| !k.contains('/'))
-            .cloned()
-            .collect();
-        want.extend(m.dirs.iter().cloned());
-        want.sort();
-        if names(Ino::ROOT) != want {
-            return false;
-        }
-        m.files.iter().all(|(path, content)| {
-            self.resolve(cid, path)
-                .and_then(|ino| self.vol.read(cid, ino, 0, content.len() + 10))
-                .is_ok_and(|got| got == *content)
-        })
-    }
-
     fn cid(&self, c: &str) -> ClusterId {
         self.vol.cluster_by_name(c).unwrap().id
     }
@@ -508,54 +472,74 @@ impl Harness {
         }
     }
 
+    /// Does cluster `c` hold exactly `m` (every listing and byte)?
+    fn holds(&self, c: &str, m: &Model) -> bool {
+        self.vol.cluster_by_name(c).is_ok() && self.difference(c, m).is_none()
+    }
+
+    /// The first way cluster `cl` differs from `m` (None: it holds exactly `m`).
+    fn difference(&self, cl: &str, m: &Model) -> Option<String> {
+        let cid = self.cid(cl);
+        let list = |dir: Ino| -> Vec<String> {
+            let mut v: Vec<String> = self
+                .vol
+                .readdir(cid, dir, 0)
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8(e.name).unwrap())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            v.sort();
+            v
+        };
+        let mut want_root: Vec<String> = m
+            .files
+            .keys()
+            .filter(|k| !k.contains('/'))
+            .cloned()
+            .collect();
+        want_root.extend(m.dirs.iter().cloned());
+        want_root.sort();
+        let root = list(Ino::ROOT);
+        if root != want_root {
+            return Some(format!("listing of {cl}/: {root:?}, want {want_root:?}"));
+        }
+        for d in &m.dirs {
+            let want: Vec<String> = m
+                .files
+                .keys()
+                .filter_map(|k| k.strip_prefix(&format!("{d}/")).map(String::from))
+                .collect();
+            let got = list(self.dir_ino(cid, Some(d)).unwrap());
+            if got != want {
+                return Some(format!("listing of {cl}/{d}: {got:?}, want {want:?}"));
+            }
+        }
+        for (path, content) in &m.files {
+            let ino = self.resolve(cid, path).unwrap();
+            let attr = self.vol.getattr(cid, ino).unwrap();
+            if attr.size != content.len() as u64 {
+                return Some(format!(
+                    "size of {cl}/{path}: {}, want {}",
+                    attr.size,
+                    content.len()
+                ));
+            }
+            let got = self.vol.read(cid, ino, 0, content.len() + 10).unwrap();
+            if got != *content {
+                return Some(format!("bytes of {cl}/{path} differ from the model"));
+            }
+        }
+        None
+    }
+
     /// Compares every cluster, directory listing and file with the model.
     fn check(&self) {
         let names: Vec<String> = self.vol.clusters().into_iter().map(|c| c.name).collect();
         assert_eq!(names, self.model.keys().cloned().collect::<Vec<_>>());
         for (cl, m) in &self.model {
-            let cid = self.cid(cl);
-            let list = |dir: Ino| -> Vec<String> {
-                let mut v: Vec<String> = self
-                    .vol
-                    .readdir(cid, dir, 0)
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| String::from_utf8(e.name).unwrap())
-                    .filter(|n| n != "." && n != "..")
-                    .collect();
-                v.sort();
-                v
-            };
-            let mut want_root: Vec<String> = m
-                .files
-                .keys()
-                .filter(|k| !k.contains('/'))
-                .cloned()
-                .collect();
-            want_root.extend(m.dirs.iter().cloned());
-            want_root.sort();
-            assert_eq!(list(Ino::ROOT), want_root, "listing of {cl}/");
-            for d in &m.dirs {
-                let want: Vec<String> = m
-                    .files
-                    .keys()
-                    .filter_map(|k| k.strip_prefix(&format!("{d}/")).map(String::from))
-                    .collect();
-                assert_eq!(
-                    list(self.dir_ino(cid, Some(d)).unwrap()),
-                    want,
-                    "listing of {cl}/{d}"
-                );
-            }
-            for (path, content) in &m.files {
-                let ino = self.resolve(cid, path).unwrap();
-                let attr = self.vol.getattr(cid, ino).unwrap();
-                assert_eq!(attr.size, content.len() as u64, "size of {cl}/{path}");
-                let got = self.vol.read(cid, ino, 0, content.len() + 10).unwrap();
-                assert!(
-                    got == *content,
-                    "bytes of {cl}/{path} differ from the model"
-                );
+            if let Some(d) = self.difference(cl, m) {
+                panic!("{d}");
             }
         }
         let space = self.vol.space().unwrap();

@@ -30,21 +30,62 @@ fn local_time(secs: i64) -> String {
     )
 }
 
+/// A cluster's restore window for the table: "N since TIME", "off" or "none yet".
+fn restore_cell(c: &clonefs::status::ClusterStatus) -> String {
+    if c.retention_secs == 0 {
+        return "off".into();
+    }
+    match &c.earliest_restorable {
+        None => "none yet".into(),
+        Some(t) => {
+            let secs = humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            format!("{} since {}", c.restore_points, local_time(secs))
+        }
+    }
+}
+
 /// The status document as a table.
 fn status_table(doc: &StatusDoc) -> String {
-    let mut rows =
-        vec![["NAME", "PARENT", "CREATED", "LOGICAL", "SHARED", "UNIQUE"].map(String::from)];
+    const HEAD: [&str; 9] = [
+        "NAME",
+        "PARENT",
+        "CREATED",
+        "LOGICAL",
+        "SHARED",
+        "UNIQUE",
+        "POINTS-ONLY",
+        "RESTORE POINTS",
+        "EXPIRES",
+    ];
+    let mut rows = vec![HEAD.map(String::from)];
     for c in &doc.clusters {
+        let expires = c.expires_at.as_deref().map_or("-".to_string(), |t| {
+            humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(t.to_string(), |d| local_time(d.as_secs() as i64))
+        });
+        let name = if c.protected {
+            format!("{} (protected)", c.name)
+        } else {
+            c.name.clone()
+        };
         rows.push([
-            c.name.clone(),
+            name,
             c.parent.clone().unwrap_or_else(|| "-".into()),
             local_time(c.created),
             human(c.logical),
             human(c.shared),
             human(c.unique),
+            human(c.restore_only),
+            restore_cell(c),
+            expires,
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -54,10 +95,10 @@ fn status_table(doc: &StatusDoc) -> String {
     for r in &rows {
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
-            if i < 3 {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            } else {
+            if (3..7).contains(&i) {
                 line.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
         out.push_str(line.trim_end());

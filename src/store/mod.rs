@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `b"CLONEFS\0"` |
-//! | 8  | 4 | format version (1) |
+//! | 8  | 4 | format version (2; 1 is read too: its catalog holds clusters only) |
 //! | 12 | 4 | page size in bytes (power of two, 4 KiB..64 KiB) |
 //! | 16 | 8 | capacity in pages |
 //! | 24 | 8 | generation (the commit number) |
@@ -36,7 +36,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub const MAGIC: &[u8; 8] = b"CLONEFS\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version written. Version 2 added restore points and cluster settings to
+/// the catalog (record kinds 2 and 3); a version 1 store opens as is and is written
+/// as version 2 from its first commit, so an older clonefs then refuses it clearly
+/// instead of misreading those records.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version read.
+pub const OLDEST_VERSION: u32 = 1;
 pub const MIN_PAGE_SIZE: usize = 4096;
 pub const MAX_PAGE_SIZE: usize = 65536;
 /// Pages 0 and 1 hold the superblocks.
@@ -102,9 +108,10 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "format version {version}, but this clonefs reads version {FORMAT_VERSION}{}",
+                "format version {version}, but this clonefs reads versions {OLDEST_VERSION} \
+                 to {FORMAT_VERSION}{}",
                 if version > FORMAT_VERSION {
                     " (the store was made by a newer clonefs)"
                 } else {

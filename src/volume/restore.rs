@@ -19,7 +19,7 @@
 
 use super::catalog::{self, Record, RecordKind, Settings};
 use super::inode;
-use super::node::NodeKind;
+use super::node::{NodeKind, Tree};
 use super::{Catalog, Cluster, ClusterId, ClusterInfo, CommitState, Volume};
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -69,10 +69,25 @@ pub struct Restorable {
 
 /// An image of a cluster: what a new or reset cluster starts from.
 struct Image {
-    itable: super::node::Tree,
+    itable: Tree,
     next_ino: u64,
     orphans: u64,
     time: i64,
+}
+
+impl Image {
+    /// An image of `itable`, holding one more reference to its root.
+    fn share(vol: &Volume, itable: Tree, next_ino: u64, orphans: u64, time: i64) -> Image {
+        if !itable.root.is_none() {
+            vol.eng.store.incref(itable.root);
+        }
+        Image {
+            itable,
+            next_ino,
+            orphans,
+            time,
+        }
+    }
 }
 
 fn ns(t: SystemTime) -> i64 {
@@ -119,15 +134,9 @@ impl Cluster {
                 ),
             }));
         };
-        if !p.itable.root.is_none() {
-            vol.eng.store.incref(p.itable.root);
-        }
-        Ok(Image {
-            itable: p.itable,
-            next_ino: p.next_ino,
-            orphans: p.orphans,
-            time: p.created,
-        })
+        Ok(Image::share(
+            vol, p.itable, p.next_ino, p.orphans, p.created,
+        ))
     }
 }
 
@@ -416,15 +425,13 @@ impl Volume {
     fn latest_image(&self, cl: &Cluster) -> Result<Image> {
         let mut st = cl.state.write().unwrap();
         self.store_times(cl, &mut st)?;
-        if !st.itable.root.is_none() {
-            self.eng.store.incref(st.itable.root);
-        }
-        Ok(Image {
-            itable: st.itable,
-            next_ino: st.next_ino,
-            orphans: st.orphans,
-            time: inode::now_ns(),
-        })
+        Ok(Image::share(
+            self,
+            st.itable,
+            st.next_ino,
+            st.orphans,
+            inode::now_ns(),
+        ))
     }
 
     fn drop_image(&self, mut image: Image) {
