@@ -639,7 +639,7 @@ mod tests {
         let mut sb = Store::format(&dev, 1).unwrap();
         sb.generation = 5;
         let mut b = sb.encode(4096);
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32fast::hash(&b[0..64]);
         b[64..68].copy_from_slice(&crc.to_le_bytes());
         dev.write(0, 0, &b).unwrap();
