@@ -51,6 +51,7 @@ impl Volume {
                     || vol.any_dirty()
                     || vol.times_waited(TIMES_INTERVAL)
                     || vol.points_due()
+                    || vol.thinning_due()
                 {
                     if let Err(e) = vol.commit() {
                         log::error!("background commit failed: {e}");
@@ -103,6 +104,7 @@ impl Volume {
             && !self.any_dirty()
             && !self.times_waited(Duration::ZERO)
             && !self.points_due()
+            && !self.thinning_due()
         {
             // Nothing changed since the last commit: it is the current state.
             return Ok(());

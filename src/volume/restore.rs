@@ -201,6 +201,25 @@ impl Volume {
             .any(|cl| self.point_due(cl, &cat.defaults, now))
     }
 
+    /// Would thinning drop a point now (for the commit timer: points age out of an
+    /// idle store too)?
+    pub(super) fn thinning_due(&self) -> bool {
+        let now = inode::now_ns();
+        let cat = self.catalog.read().unwrap();
+        cat.by_id.values().any(|cl| {
+            let times: Vec<i64> = cl
+                .points
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| p.created)
+                .collect();
+            thin(&times, now, cl.retention_ns(&cat.defaults))
+                .iter()
+                .any(|k| !k)
+        })
+    }
+
     fn point_due(&self, cl: &Cluster, defaults: &Settings, now: i64) -> bool {
         cl.changed.load(Ordering::Acquire)
             && cl.retention_ns(defaults) > 0
