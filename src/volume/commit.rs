@@ -25,7 +25,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(2);
 /// else needs one (the kernel's own writeback of dirty data waits as long).
 pub(super) const TIMES_INTERVAL: Duration = Duration::from_secs(30);
 /// Pages beyond the reserve an operation that adds metadata wants free.
-const ROOM: u64 = 16;
+pub(super) const ROOM: u64 = 16;
 
 impl Volume {
     pub(super) fn start_timer(vol: &Arc<Volume>) {

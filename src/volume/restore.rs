@@ -20,6 +20,7 @@
 use super::catalog::{self, Record, RecordKind, Settings};
 use super::inode;
 use super::node::{NodeKind, Tree};
+use super::commit::ROOM;
 use super::{Catalog, Cluster, ClusterId, ClusterInfo, CommitState, Volume};
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -236,7 +237,9 @@ impl Volume {
         let clusters: Vec<Arc<Cluster>> = cat.by_id.values().cloned().collect();
         for cl in clusters {
             let retention = cl.retention_ns(&cat.defaults);
-            if self.point_due(&cl, &cat.defaults, now) {
+            // A point needs catalog pages; on a store without room beyond its
+            // reserve (kept for the commit itself) none is taken until there is.
+            if self.point_due(&cl, &cat.defaults, now) && self.eng.store.has_room(ROOM) {
                 let st = cl.state.read().unwrap();
                 let rec = Record {
                     kind: RecordKind::Point,
