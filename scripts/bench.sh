@@ -621,6 +621,172 @@ timeout 1200 target/release/examples/engine_bench "${eng_args[@]}" "$work" >"$wo
 section "engine (in-process, no mount: no native counterpart)"
 pyrun engine "$work/engine.out"
 
+# ---- 6. restore points: what keeping them costs, and restore time (pitr) ---------------------------
+# A section of its own (bench_pitr and pitr.py, which imports bench.py's helpers): fio and pgbench with restore points on
+# (the default) against off (retention 0), alternating, and restore-to-point-in-time timed in-process over STORE.sock.
+pitr_py=$work/pitr.py
+cat >"$pitr_py" <<'PYEOF'
+import http.client, json, os, socket, statistics, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # row(), write_file(), settle(), MIB
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP over the store's unix socket (the API's only listener)."""
+    def __init__(self, path):
+        super().__init__("localhost", timeout=60)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.unix_path)
+
+def api(sock, method, path, body=None):
+    c = UnixHTTP(sock)
+    try:
+        c.request(method, path, body=None if body is None else json.dumps(body),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+    finally:
+        c.close()
+    if r.status >= 300:
+        sys.exit(f"{method} {path}: HTTP {r.status}: {data[:300]!r}")
+    return json.loads(data) if data else None
+
+def rfc3339(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+def cmd_restore_times(mnt, sock, n, *sizes):
+    """Per size: a cluster holding that much, its restore point taken, then n restores to a time after that point,
+    each timed from connect to reply (the reply comes once the new cluster is durable)."""
+    n = int(n)
+    sizes = [int(s) for s in sizes]
+    for s in sizes:
+        src = f"pitr{s}"
+        os.mkdir(os.path.join(mnt, src))
+        data = os.path.join(mnt, src, "data")
+        t = time.perf_counter()
+        bench.write_file(data, s)
+        bench.settle(data)
+        print(f"wrote {s} MiB into cluster {src} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        time.sleep(3)  # the commit timer takes the point holding all of it (points: at most one a second)
+        at = rfc3339(time.time())
+        times, images = [], set()
+        for k in range(n):
+            t = time.perf_counter()
+            made = api(sock, "POST", f"/api/v1/clusters/{src}/clones", {"name": f"{src}r{k}", "restore_to_time": at})
+            times.append((time.perf_counter() - t) * 1e3)
+            images.add(made["image_time"])
+        logical = api(sock, "GET", f"/api/v1/clusters/{src}r0")["logical"]
+        if len(images) != 1 or logical < s * bench.MIB:
+            sys.exit(f"restores of {src} to {at}: restore points {sorted(images)}, {logical} bytes (want one, >= {s} MiB)")
+        print(f"restored {src} {n} times to {at}: its restore point at {images.pop()}; ms: "
+              + " ".join(f"{x:.2f}" for x in times), file=sys.stderr)
+        # The same restore through the mount: durable at the next commit, so no sync in it.
+        mk = [bench.timed_mkdir(os.path.join(mnt, src, ".clone", f"{src}m{k}@{at}")) for k in range(n)]
+        if not all(os.path.isdir(os.path.join(mnt, f"{src}m{k}")) for k in range(n)):
+            sys.exit(f"a mkdir {src}/.clone/NAME@{at} returned but made no cluster NAME")
+        for rid, what, xs in (("api", "API, durable", times), ("mkdir", "mkdir .clone/NAME@TIME", mk)):
+            target, spec = "< 10 ms", "lt=10"
+            if s != sizes[0]:
+                target += f"; <= 2x the {sizes[0]} MiB one"
+                spec += f"&le_row=pitr_{rid}{sizes[0]}*2"
+            bench.row("R", f"pitr_{rid}{s}", f"restore of a {s:,} MiB cluster ({what}), ms, median of {n}",
+                      "", "", "", f"{statistics.median(xs):.6f}", target, spec)
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
+PYEOF
+
+# bench_pitr: the section's rows. The "native" column holds the figure with restore points off, the clonefs column
+# the figure with them on (clonefs/nat = on/off); runs alternate which goes first, and each figure is their median.
+bench_pitr() {
+  local rt=$((fio_rt < 3 ? 3 : fio_rt)) reps=$((quick ? 2 : 3)) pg_reps=$((quick ? 1 : 2)) secs=$((quick ? 10 : 15))
+  local k m order iops
+  local -A pm=([on]=$work/pitr-on-mnt [off]=$work/pitr-off-mnt) ps=([on]=$work/pitr-on.clonefs [off]=$work/pitr-off.clonefs)
+  local -A fig=()
+  say "restore points: fio rand write 4 KiB + fdatasync, ${rt} s runs, $reps each on two stores: default and --retention 0"
+  timeout 60 "$bin" mkfs "${ps[on]}" --size 64G >/dev/null
+  timeout 60 "$bin" mkfs "${ps[off]}" --size 64G --retention 0 >/dev/null
+  for m in on off; do
+    mount_clonefs "${ps[$m]}" "${pm[$m]}"
+    timeout 30 mkdir "${pm[$m]}/fio"
+    timeout 1200 fio "${fio_common[@]}" --directory="${pm[$m]}/fio" --rw=read --bs=1M --numjobs=1 --create_only=1 \
+      --output="$work/fio.json" 2>>"$work/fio.err"
+  done
+  for ((k = 0; k < reps; k++)); do
+    order="off on"
+    ((k % 2)) && order="on off"
+    for m in $order; do
+      timeout 300 sync
+      timeout $((rt * 10 + 300)) fio "${fio_common[@]}" --directory="${pm[$m]}/fio" --rw=randwrite --bs=4k --fdatasync=1 \
+        --numjobs=1 --time_based --runtime="$rt" --output="$work/fio.json" 2>>"$work/fio.err"
+      read -r _ iops <<<"$(pyrun fio "$work/fio.json" write)"
+      fig[fio_$m]+=" $iops"
+      say "restore points $m: $iops IOPS"
+    done
+  done
+  timeout 30 "$bin" restorable --cluster fio "${pm[on]}" >&2
+  for m in on off; do umount_clonefs "${pm[$m]}"; done
+  timeout 600 rm -rf "${ps[on]}" "${ps[off]}"
+
+  say "restore points: pgbench -c 4 -j 2, ${secs} s runs, $pg_reps each on cluster pgon (default) and pgoff (modify --retention 0)"
+  local src=$work/pitr-pg-src store=$work/pitr-pg.clonefs mnt=$work/pitr-pg-mnt
+  mkdir -p "$src"
+  chown postgres: "$src"
+  chmod 700 "$src"
+  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    initdb -D "$src" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/pitr-initdb.log" 2>&1 ||
+    fail "initdb failed: $(tail -n 5 "$work/pitr-initdb.log")"
+  start_server pitr-init "$src" "$port"
+  timeout 900 pgbench -i -s "$pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/pitr-pgbench-init.log" 2>&1 ||
+    fail "pgbench -i failed: $(tail -n 5 "$work/pitr-pgbench-init.log")"
+  timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
+  stop_started
+  timeout 60 "$bin" mkfs "$store" --size 16G >/dev/null
+  mount_clonefs "$store" "$mnt"
+  for m in on off; do
+    timeout 30 mkdir "$mnt/pg$m"
+    timeout 600 cp -a "$src" "$mnt/pg$m/data"
+  done
+  timeout 30 "$bin" modify --cluster pgoff --retention 0 "$mnt" >&2
+  timeout 600 rm -rf "$src"
+  for ((k = 0; k < pg_reps; k++)); do
+    order="off on"
+    ((k % 2)) && order="on off"
+    for m in $order; do
+      cold clonefs "$mnt" "$store"
+      start_server "pitr-$m" "$mnt/pg$m/data" "$port"
+      timeout $((secs + 300)) pgbench -c 4 -j 2 -T "$secs" -h 127.0.0.1 -p "$port" -U postgres postgres \
+        >"$work/pitr-pgbench-$m.log" 2>&1 || fail "pgbench with restore points $m failed: $(tail -n 5 "$work/pitr-pgbench-$m.log")"
+      fig[pg_$m]+=" $(awk '/^tps/ { print $3; exit }' "$work/pitr-pgbench-$m.log")"
+      stop_started
+      say "restore points $m: pgbench $(awk '/^tps/ { print $3; exit }' "$work/pitr-pgbench-$m.log") tps"
+    done
+  done
+  timeout 30 "$bin" restorable --cluster pgon "$mnt" >&2
+  umount_clonefs "$mnt"
+  timeout 600 rm -rf "$store"
+
+  say "restore time: clusters of 64 and 1,024 MiB, 11 restores each through the API"
+  local rstore=$work/pitr-rt.clonefs rmnt=$work/pitr-rt-mnt
+  timeout 60 "$bin" mkfs "$rstore" --size 16G >/dev/null
+  mount_clonefs "$rstore" "$rmnt"
+  section "restore points, on (the default) against off (retention 0): native = off, clonefs = on, clonefs/nat = on/off; fio ${rt} s runs (median of $reps), pgbench scale $pg_scale ${secs} s runs (median of $pg_reps), alternating"
+  # shellcheck disable=SC2086 # the lists are space-separated numbers
+  row pitr_fio "fio rand write 4 KiB + fdatasync, 1 job, IOPS" "$(pyrun median ${fig[fio_off]})" "" "" \
+    "$(pyrun median ${fig[fio_on]})" "on within 10% of off" ratio_ge=0.9
+  # shellcheck disable=SC2086
+  row pitr_pg "pgbench -c 4 -j 2, tps" "$(pyrun median ${fig[pg_off]})" "" "" \
+    "$(pyrun median ${fig[pg_on]})" "on within 10% of off" ratio_ge=0.9
+  section "restore to a point in time, timed in-process: POST /api/v1/clusters/SRC/clones with restore_to_time over STORE.sock, from connect to the reply (the new cluster durable: a commit, two syncs of the store); os.mkdir of SRC/.clone/NAME@TIME (durable at the next commit)"
+  timeout 1800 python3 "$pitr_py" restore_times "$rmnt" "$rstore.sock" 11 64 1024
+  umount_clonefs "$rmnt"
+  timeout 600 rm -rf "$rstore"
+}
+bench_pitr
+# ---- end of section 6 (pitr) --------------------------------------------------------------------------
+
 # ---- the table -------------------------------------------------------------------------------------
 mode=full
 ((quick)) && mode=quick

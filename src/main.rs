@@ -99,7 +99,7 @@ enum Cmd {
         cluster: String,
         /// RFC 3339 (2026-11-30T09:50:00Z) or relative (-10m): the newest restore
         /// point at or before it is used, and its exact time printed
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         restore_to_time: Option<String>,
         /// The cluster's latest state (the same as clonefs clone)
         #[arg(long)]
@@ -124,7 +124,7 @@ enum Cmd {
         #[arg(long)]
         cluster: String,
         /// The parent's image at this time (the cluster's own if it has no parent)
-        #[arg(long, conflicts_with = "from_parent")]
+        #[arg(long, conflicts_with = "from_parent", allow_hyphen_values = true)]
         restore_to_time: Option<String>,
         /// The parent's latest contents (the default)
         #[arg(long)]
@@ -331,6 +331,41 @@ fn main() -> ExitCode {
         Err(msg) => {
             eprintln!("clonefs: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative time like `-10m` is a value, not an unknown flag.
+    #[test]
+    fn relative_restore_times_parse_as_values() {
+        for cmd in [
+            &[
+                "clonefs",
+                "restore-to-point-in-time",
+                "--source-cluster",
+                "prod",
+            ][..],
+            &["clonefs", "reset"][..],
+        ] {
+            let args: Vec<&str> = cmd
+                .iter()
+                .copied()
+                .chain(["--cluster", "test", "--restore-to-time", "-10m", "/mnt"])
+                .collect();
+            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.cmd {
+                Cmd::RestoreToPointInTime {
+                    restore_to_time, ..
+                }
+                | Cmd::Reset {
+                    restore_to_time, ..
+                } => assert_eq!(restore_to_time.as_deref(), Some("-10m")),
+                _ => panic!("{args:?} parsed as another command"),
+            }
         }
     }
 }

@@ -5,6 +5,9 @@
 //! `scripts/db-postgres-crash.sh` instead kills the clonefs daemon with SIGKILL under
 //! PostgreSQL's write load, three times, and checks fsck, crash recovery, pg_amcheck,
 //! every committed ledger id and pgbench's balances after each.
+//! `scripts/db-postgres-pitr.sh` restores PostgreSQL's cluster to three times under
+//! load and checks each restored server (pg_amcheck, exactly the ledger rows committed
+//! by the restore point's time), then reset, expiry and protection of clusters.
 //!
 //! They need root (mount, servers running as their own users) and /dev/fuse: without
 //! either, each test says why and passes. They run one at a time, whatever
@@ -136,4 +139,9 @@ fn sqlite_on_a_cluster_clones_under_load() {
 #[test]
 fn postgres_on_a_cluster_survives_daemon_sigkills() {
     run_script("db-postgres-crash.sh");
+}
+
+#[test]
+fn postgres_restores_to_points_in_time() {
+    run_script("db-postgres-pitr.sh");
 }

@@ -202,6 +202,16 @@ fn cluster_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
     ))
 }
 
+/// A cluster's entry in the reply to a change (create, clone, reset, patch): its
+/// lineage and settings, its space figures zero (not measured). Measuring them walks
+/// every tree in the store with writes held off: a clone or restore would cost as
+/// much as the whole store is large and stall every writer meanwhile. GET of the
+/// cluster measures them.
+fn changed_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
+    let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
+    Ok(ClusterStatus::of(info, None))
+}
+
 /// Serves one request: `url` is the path (with any query), `body` the bytes read.
 pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
     let path = url.split('?').next().unwrap_or("");
@@ -253,7 +263,7 @@ fn create(vol: &Volume, b: &[u8]) -> Result<Reply, Reply> {
     vol.create_cluster(&req.name, who)
         .map_err(|e| failed(&req.name, e))?;
     vol.commit().map_err(|e| failed(&req.name, e))?;
-    let cluster = cluster_doc(vol, &req.name)?;
+    let cluster = changed_doc(vol, &req.name)?;
     Ok(reply(
         201,
         &Created {
@@ -293,7 +303,7 @@ fn clone(vol: &Volume, src: &str, b: &[u8]) -> Result<Reply, Reply> {
         })?;
     // Ready and durable when the reply comes.
     vol.commit().map_err(|e| failed(&req.name, e))?;
-    let cluster = cluster_doc(vol, &info.name)?;
+    let cluster = changed_doc(vol, &info.name)?;
     Ok(reply(
         201,
         &Created {
@@ -315,7 +325,7 @@ fn reset(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
     };
     vol.reset_cluster(name, to, req.force)
         .map_err(|e| failed(name, e))?;
-    cluster_doc(vol, name).map(|c| reply(200, &c))
+    changed_doc(vol, name).map(|c| reply(200, &c))
 }
 
 fn patch(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
@@ -343,7 +353,7 @@ fn patch(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
     if let Some(r) = retention {
         vol.set_retention(name, r).map_err(|e| failed(name, e))?;
     }
-    cluster_doc(vol, name).map(|c| reply(200, &c))
+    changed_doc(vol, name).map(|c| reply(200, &c))
 }
 
 fn restorable(vol: &Volume, name: &str) -> Result<Reply, Reply> {

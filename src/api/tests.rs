@@ -42,6 +42,11 @@ fn clusters_are_listed_made_cloned_patched_reset_and_deleted() {
     let made: Created = serde_json::from_str(&r.body).unwrap();
     assert_eq!(made.cluster.parent.as_deref(), Some("prod"));
     assert!(made.cluster.expires_at.is_some());
+    // A change's reply does not walk the store for the space figures; a GET does.
+    assert_eq!(made.cluster.logical, 0);
+    let r = handle(&v, "GET", "/api/v1/clusters/ci-1", b"");
+    let got: ClusterStatus = serde_json::from_str(&r.body).unwrap();
+    assert!(got.logical > 0, "{}", r.body);
 
     let r = handle(
         &v,
