@@ -56,16 +56,56 @@ pub fn exchange<S: Read + Write>(
     s.write_all(head.as_bytes())
         .and_then(|_| s.write_all(payload))
         .map_err(|e| format!("sending to {shown}: {e}"))?;
+    // Read to the end of the head, then to Content-Length if given (a server may
+    // keep the connection open despite `Connection: close`), else to EOF.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("reading the reply from {shown}: {e}"))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut parsed);
+        let done = match resp.parse(&raw) {
+            Ok(httparse::Status::Complete(n)) => {
+                let length = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    });
+                if let Some(l) = length.filter(|l| raw.len() >= n + l) {
+                    return Ok(answer(&resp, &raw[n..n + l]));
+                }
+                false
+            }
+            Ok(httparse::Status::Partial) => false,
+            Err(_) => true,
+        };
+        let got = if done {
+            0
+        } else {
+            s.read(&mut chunk)
+                .map_err(|e| format!("reading the reply from {shown}: {e}"))?
+        };
+        if got == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..got]);
+    }
     let mut parsed = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut parsed);
     let n = match resp.parse(&raw) {
         Ok(httparse::Status::Complete(n)) => n,
         _ => return Err(format!("{shown} sent no valid HTTP reply")),
     };
-    Ok(Answer {
+    Ok(answer(&resp, &raw[n..]))
+}
+
+fn answer(resp: &httparse::Response, body: &[u8]) -> Answer {
+    Answer {
         status: resp.code.unwrap_or(0),
         headers: resp
             .headers
@@ -77,8 +117,8 @@ pub fn exchange<S: Read + Write>(
                 )
             })
             .collect(),
-        body: raw[n..].to_vec(),
-    })
+        body: body.to_vec(),
+    }
 }
 
 fn payload<B: Serialize>(body: Option<&B>) -> Result<Vec<u8>, String> {

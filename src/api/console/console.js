@@ -60,6 +60,7 @@ function showError(e) {
   $("error-code").textContent = (e.code || "Error") + ":";
   $("error-message").textContent = e.message;
   $("error").hidden = false;
+  $("notice").hidden = true;
 }
 
 function notice(text) {
