@@ -359,3 +359,61 @@ fn the_console_creates_shows_and_deletes_clones_in_a_real_browser() {
     assert!(b.text("#error").contains("clonefs console"));
     eprintln!("screenshots: {} and beside it", shot.display());
 }
+
+#[test]
+fn the_console_command_says_how_to_get_one_and_the_token_goes_at_unmount() {
+    use clonefs::api::{console_path, token_path};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let Some(plain) = Mounted::new() else {
+        return;
+    };
+    let out = common::run(&[BIN, "console", plain.mnt_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--listen"), "{err}");
+    assert!(!token_path(&plain.store).exists() && !console_path(&plain.store).exists());
+    drop(plain);
+
+    let mut m = Mounted::with_options("1G", &["--listen", "0"]).unwrap();
+    for p in [token_path(&m.store), console_path(&m.store)] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+    let token = std::fs::read_to_string(token_path(&m.store)).unwrap();
+    let url = std::fs::read_to_string(console_path(&m.store)).unwrap();
+    let addr: SocketAddr = url
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    assert!(
+        addr.ip().is_loopback(),
+        "--listen PORT is on loopback: {addr}"
+    );
+    // A clone made on the mount is an event on the real daemon's stream.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        c,
+        "GET /api/v1/events HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    while line != ": clonefs events\n" {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0);
+    }
+    std::fs::create_dir(m.path("prod")).unwrap();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0);
+    }
+    assert_eq!(line.trim(), r#"data: {"type":"created","cluster":"prod"}"#);
+    drop(r);
+    m.umount();
+    assert!(!token_path(&m.store).exists() && !console_path(&m.store).exists());
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
