@@ -2,6 +2,7 @@
 # clonefs demo: installs what is missing (fuse3), builds, makes a store with defaults, mounts it,
 # writes a cluster, clones it, shows both sides diverging and the status table, then unmounts.
 # Usage: scripts/demo.sh [--keep] [DIR]   (DIR: where the store and mount point go; default: a temp dir)
+# With --keep the mount stays up, with the API and web console on loopback; the console's URL is shown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,11 @@ say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { say "$*"; timeout 120 "$@"; }
 
 [ -e "$store" ] || run "$bin" mkfs "$store"
-run "$bin" mount "$store" "$mnt"
+if [ "$keep" = 1 ]; then
+  run "$bin" mount "$store" "$mnt" --listen 127.0.0.1:0
+else
+  run "$bin" mount "$store" "$mnt"
+fi
 run mkdir "$mnt/prod"
 say "echo 'hello from prod' > $mnt/prod/greeting.txt"
 echo 'hello from prod' >"$mnt/prod/greeting.txt"
@@ -75,7 +80,13 @@ run "$bin" status "$mnt"
 
 if [ "$keep" = 1 ]; then
   echo
+  say "$bin console $mnt"
+  url=$(timeout 10 "$bin" console "$mnt")
+  echo "$url"
+  echo
   echo "demo: the mount stays up at $mnt (store $store)."
+  echo "      the web console: open $url"
+  echo "      the API: curl -H \"Authorization: Bearer \$(cat $store.token)\" ${url%%#*}api/v1/clusters"
   echo "      unmount it with: $bin umount $mnt"
   exit 0
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every clonefs test: installs what is missing (fuse3 and the tools the tests drive),
-# builds, then runs the unit, model, crash, power-cut and real-mount tests. Run as root.
+# Runs every clonefs test: installs what is missing (fuse3, the tools the tests drive, and
+# chromium with chromium-driver for the console's browser test), builds, then runs the unit,
+# model, crash, power-cut, real-mount and browser tests. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v python3 >/dev/null || need+=(python3)
 command -v tar >/dev/null || need+=(tar)
 command -v curl >/dev/null || need+=(curl)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

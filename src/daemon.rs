@@ -11,6 +11,10 @@
 //! The daemon unmounts itself on SIGTERM, SIGINT or SIGHUP (detaching a busy mount
 //! rather than leaving it), and exits once the mount is gone, which is after the
 //! adapter's destroy has committed and closed the store.
+//!
+//! The daemon serves the API (`clonefs::api`) beside the mount, on the store's
+//! unix socket and, when `--listen` asks, on TCP with the console; the API's files
+//! beside the store go when the mount does.
 
 use crate::cli::init_logger;
 use clonefs::fs::MountConfig;
@@ -24,18 +28,30 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Serves `store` at `mnt` from this process until the mount goes away.
-pub fn foreground(store: &Path, mnt: &Path, mc: &MountConfig) -> Result<(), String> {
+pub fn foreground(
+    store: &Path,
+    mnt: &Path,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+) -> Result<(), String> {
     let signals = block_signals();
-    serve(store, mnt, mc, signals, &mut None)
+    serve(store, mnt, mc, listen, signals, &mut None)
 }
 
 /// Forks the daemon for `store` at `mnt`, logging to `log`; returns once the mount
 /// is ready, or with the daemon's reason why it is not.
-pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(), String> {
+pub fn spawn(
+    store: &Path,
+    mnt: &Path,
+    log: &Path,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+) -> Result<(), String> {
     let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", io::Error::from(e)))?;
     // SAFETY: the process has one thread here (no logger, no volume, no worker
     // started yet), so the child may run arbitrary code after fork.
@@ -43,7 +59,7 @@ pub fn spawn(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig) -> Result<(
         Err(e) => Err(format!("fork: {}", io::Error::from(e))),
         Ok(ForkResult::Child) => {
             drop(rd);
-            let code = daemon(store, mnt, log, mc, File::from(wr));
+            let code = daemon(store, mnt, log, mc, listen, File::from(wr));
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -96,7 +112,14 @@ pub fn unmount(mnt: &Path, lazy: bool) -> io::Result<()> {
 }
 
 /// The forked child: becomes the daemon, serves until unmounted; returns the exit code.
-fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -> i32 {
+fn daemon(
+    store: &Path,
+    mnt: &Path,
+    log: &Path,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+    ready: File,
+) -> i32 {
     let mut ready = Some(ready);
     let fail = |ready: &mut Option<File>, msg: String| {
         if let Some(mut w) = ready.take() {
@@ -127,7 +150,7 @@ fn daemon(store: &Path, mnt: &Path, log: &Path, mc: &MountConfig, ready: File) -
     let _ = std::env::set_current_dir("/");
     init_logger("info");
     let signals = block_signals();
-    match serve(store, mnt, mc, signals, &mut ready) {
+    match serve(store, mnt, mc, listen, signals, &mut ready) {
         Ok(()) => 0,
         Err(msg) => {
             error!("{msg}");
@@ -184,13 +207,20 @@ fn serve(
     store: &Path,
     mnt: &Path,
     mc: &MountConfig,
+    listen: Option<SocketAddr>,
     signals: SigSet,
     ready: &mut Option<File>,
 ) -> Result<(), String> {
     let vol = Volume::open_path(store).map_err(|e| e.to_string())?;
-    let socket = clonefs::api::socket_path(store);
-    let api = clonefs::api::Api::serve_unix(vol.clone(), &socket)
-        .map_err(|e| format!("cannot serve the API on {}: {e}", socket.display()))?;
+    let api = clonefs::api::Api::serve_store(vol.clone(), store, listen)
+        .map_err(|e| format!("cannot serve the API of {}: {e}", store.display()))?;
+    if let Some(addr) = api.tcp_addr() {
+        info!(
+            "API and console on {} (token in {})",
+            clonefs::api::console_url(addr),
+            clonefs::api::token_path(store).display()
+        );
+    }
     let session = clonefs::fs::mount(vol, mnt, mc)
         .map_err(|e| format!("cannot mount {} at {}: {e}", store.display(), mnt.display()))?;
     spawn_signal_thread(signals, mnt.to_owned());

@@ -68,6 +68,11 @@ enum Cmd {
         /// Log file of the background daemon [default: STORE.log]
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Serve the API and the web console on TCP too, at PORT on loopback or at
+        /// ADDR:PORT; every API request there needs the token the mount writes to
+        /// STORE.token (clonefs console prints the console's URL with it)
+        #[arg(long, value_name = "[ADDR:]PORT", value_parser = cli::console::parse_listen)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Unmount and wait until the daemon has committed the store and exited
     #[command(alias = "unmount")]
@@ -174,6 +179,8 @@ enum Cmd {
     },
     /// Check a store that is not mounted; exits 1 unless it is clean
     Fsck { store: PathBuf },
+    /// Print the URL of a mount's web console, with its token (mount with --listen)
+    Console { mountpoint: PathBuf },
 }
 
 /// When a new cluster expires.
@@ -217,6 +224,7 @@ fn main() -> ExitCode {
             allow_other,
             writeback_cache,
             log,
+            listen,
         } => cli::mount::mount(
             &store,
             &mountpoint,
@@ -227,6 +235,7 @@ fn main() -> ExitCode {
                 allow_other,
                 writeback_cache,
             },
+            listen,
         ),
         Cmd::Umount { mountpoint } => cli::mount::umount(&mountpoint),
         Cmd::Clone {
@@ -325,6 +334,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Status { mountpoint, json } => cli::status::run(&mountpoint, json),
         Cmd::Fsck { store } => cli::fsck::run(&store),
+        Cmd::Console { mountpoint } => cli::console::run(&mountpoint),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,11 @@
 //! The management API: JSON over HTTP/1.1, served by the daemon on a unix socket
 //! beside the store (`STORE.sock`, mode 0600: whoever may read the store may manage
-//! it).
+//! it), and on TCP with a bearer token when the mount asks (`--listen`), where the
+//! console's page is served too.
 //!
 //! [`handle`] is the whole API as one function from a request to a reply, so it is
-//! tested without a socket; [`Api`] only moves requests from the listener to it.
+//! tested without a socket; [`Api`] only moves requests from the listeners to it
+//! (and streams events, which are no single reply).
 //! Every reply is JSON; an error is `{"error": {"code", "message"}}` with a status
 //! code that says which kind, and a message that says what to do. Nothing here
 //! reads or writes file contents, and the FUSE service never waits on a client: a
@@ -22,28 +24,73 @@
 //! | POST | `/clusters/SRC/clones` | `{"name", "restore_to_time"?, "expires_in"?, "expires_at"?}` |
 //! | POST | `/clusters/NAME/reset` | `{"restore_to_time"?, "force"?}` (default: from its parent) |
 //! | GET | `/clusters/NAME/restorable` | its restore window |
+//! | GET | `/events` | server-sent events: `data: {"type", "cluster"}` ([`EventDoc`]) |
+//! | GET | `/openapi.json` | the OpenAPI 3 description of these routes |
+//!
+//! The listeners (the unix socket, TCP with a token) and the console's page are
+//! in `server` and `console`.
 
 pub mod client;
+mod console;
+pub mod openapi;
+mod server;
+
+pub use server::{
+    console_path, console_url, token_path, Api, Token, MAX_STREAMS, REQUEST_TIME, WORKERS,
+};
 
 use crate::error::Error;
 use crate::status::{rfc3339, ClusterStatus, StatusDoc};
-use crate::volume::{parse_duration, parse_time, CloneOptions, ResetTo, Volume};
+use crate::volume::{parse_duration, parse_time, CloneOptions, Event, ResetTo, Volume};
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 /// The largest request body read.
 pub const MAX_BODY: u64 = 64 * 1024;
-const THREADS: usize = 2;
 
 /// The socket beside a store.
 pub fn socket_path(store: &Path) -> PathBuf {
-    let mut s = store.as_os_str().to_owned();
-    s.push(".sock");
-    PathBuf::from(s)
+    server::beside(store, ".sock")
+}
+
+/// Every route: method and path (`{name}` stands for a cluster's name). The
+/// OpenAPI document describes exactly these (a test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/clusters"),
+    ("POST", "/api/v1/clusters"),
+    ("GET", "/api/v1/clusters/{name}"),
+    ("PATCH", "/api/v1/clusters/{name}"),
+    ("DELETE", "/api/v1/clusters/{name}"),
+    ("POST", "/api/v1/clusters/{name}/clones"),
+    ("POST", "/api/v1/clusters/{name}/reset"),
+    ("GET", "/api/v1/clusters/{name}/restorable"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/openapi.json"),
+];
+
+/// One server-sent event of `GET /api/v1/events`: `{"type": "created", "cluster": NAME}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDoc {
+    /// `created`, `deleted`, `reset` or `expired`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub cluster: String,
+}
+
+impl From<&Event> for EventDoc {
+    fn from(e: &Event) -> EventDoc {
+        let (kind, name) = match e {
+            Event::Created(n) => ("created", n),
+            Event::Deleted(n) => ("deleted", n),
+            Event::Reset(n) => ("reset", n),
+            Event::Expired(n) => ("expired", n),
+        };
+        EventDoc {
+            kind: kind.into(),
+            cluster: name.clone(),
+        }
+    }
 }
 
 /// An API reply: a status code and a JSON body.
@@ -136,7 +183,7 @@ fn reply<T: Serialize>(status: u16, v: &T) -> Reply {
     }
 }
 
-fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+pub(crate) fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
     reply(
         status,
         &ErrorBody {
@@ -240,9 +287,21 @@ pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply
         ("POST", ["clusters", src, "clones"]) => clone(vol, src, body_bytes),
         ("POST", ["clusters", name, "reset"]) => reset(vol, name, body_bytes),
         ("GET", ["clusters", name, "restorable"]) => restorable(vol, name),
+        ("GET", ["openapi.json"]) => Ok(Reply {
+            status: 200,
+            body: openapi::document(),
+        }),
+        ("GET", ["events"]) => Err(error(
+            400,
+            "InvalidRequest",
+            "the event stream is served by the daemon's listeners only",
+        )),
         (
             _,
-            ["clusters"] | ["clusters", _] | ["clusters", _, "clones" | "reset" | "restorable"],
+            ["clusters"]
+            | ["clusters", _]
+            | ["clusters", _, "clones" | "reset" | "restorable"]
+            | ["events" | "openapi.json"],
         ) => Err(error(
             405,
             "MethodNotAllowed",
@@ -368,83 +427,6 @@ fn restorable(vol: &Volume, name: &str) -> Result<Reply, Reply> {
             restore_only: r.restore_only,
         },
     ))
-}
-
-/// The API's listener and its threads; dropping it stops them and removes the socket.
-pub struct Api {
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
-    socket: PathBuf,
-}
-
-impl Api {
-    /// Serves `vol` on a unix socket at `socket` (mode 0600), replacing a stale one
-    /// (the store's lock says no other daemon serves this store).
-    pub fn serve_unix(vol: Arc<Volume>, socket: &Path) -> std::io::Result<Api> {
-        use std::os::unix::fs::PermissionsExt;
-        match std::fs::remove_file(socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let server = tiny_http::Server::http_unix(socket)
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", socket.display())))?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-        let server = Arc::new(server);
-        let threads = (0..THREADS)
-            .map(|i| {
-                let (server, vol) = (server.clone(), vol.clone());
-                std::thread::Builder::new()
-                    .name(format!("clonefs-api-{i}"))
-                    .spawn(move || serve(&server, &vol))
-            })
-            .collect::<std::io::Result<_>>()?;
-        Ok(Api {
-            server,
-            threads,
-            socket: socket.to_owned(),
-        })
-    }
-}
-
-fn serve(server: &tiny_http::Server, vol: &Volume) {
-    for mut req in server.incoming_requests() {
-        let mut bytes = Vec::new();
-        let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut bytes);
-        let r = match read {
-            Err(e) => error(
-                400,
-                "InvalidRequest",
-                format!("cannot read the request body: {e}"),
-            ),
-            Ok(_) if bytes.len() as u64 > MAX_BODY => error(
-                413,
-                "BodyTooLarge",
-                format!("request bodies are at most {MAX_BODY} bytes"),
-            ),
-            Ok(_) => handle(vol, req.method().as_str(), req.url(), &bytes),
-        };
-        log::debug!("api: {} {} -> {}", req.method(), req.url(), r.status);
-        let json = tiny_http::Header::from_bytes("Content-Type", "application/json")
-            .expect("a valid header");
-        let resp = tiny_http::Response::from_string(r.body)
-            .with_status_code(r.status)
-            .with_header(json);
-        if let Err(e) = req.respond(resp) {
-            log::debug!("api: replying failed: {e}");
-        }
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        for _ in &self.threads {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 #[cfg(test)]

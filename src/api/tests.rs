@@ -3,6 +3,8 @@
 use super::*;
 use crate::volume::NewInode;
 use crate::volume::{parse_duration, parse_time};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn vol() -> Arc<Volume> {
@@ -231,3 +233,90 @@ fn the_socket_serves_the_api_with_mode_0600_and_goes_away_with_it() {
     drop(api);
     assert!(!sock.exists());
 }
+
+#[test]
+fn the_openapi_document_names_exactly_the_routes_served() {
+    let v = vol();
+    let r = handle(&v, "GET", "/api/v1/openapi.json", b"");
+    assert_eq!(r.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+    let mut in_doc = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            let upper = m.to_uppercase();
+            if METHODS.contains(&upper.as_str()) {
+                in_doc.insert((upper, path.clone()));
+            }
+        }
+    }
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(in_doc, routes, "the document and ROUTES differ");
+
+    let served = |r: &Reply| {
+        r.status < 400 || !["NoSuchRoute", "MethodNotAllowed"].contains(&code(r).as_str())
+    };
+    for (method, path) in ROUTES {
+        if *path == "/api/v1/events" {
+            continue; // a stream, served by the listeners: tests_server checks it
+        }
+        let url = path.replace("{name}", "prod");
+        let r = handle(&v, method, &url, if *method == "GET" { b"" } else { b"{}" });
+        assert!(
+            served(&r),
+            "{method} {path} is in the document but not served: {}",
+            r.body
+        );
+    }
+    // Nothing else is: every other method on each path, and paths beside them.
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+    for path in paths {
+        let url = path.replace("{name}", "prod");
+        for m in METHODS {
+            if !routes.contains(&(m.to_string(), path.to_string())) {
+                let r = handle(&v, m, &url, b"{}");
+                assert_eq!(
+                    (r.status, code(&r)),
+                    (405, "MethodNotAllowed".into()),
+                    "{m} {path}"
+                );
+            }
+        }
+        let r = handle(&v, "GET", &format!("{url}/more/yet"), b"");
+        assert_eq!(
+            (r.status, code(&r)),
+            (404, "NoSuchRoute".into()),
+            "{path}/more/yet"
+        );
+    }
+    // Every schema referred to is defined.
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r.to_string());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 10);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").expect(&r);
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{r} is not defined"
+        );
+    }
+}
+
+#[path = "tests_server.rs"]
+mod server;

@@ -8,6 +8,7 @@
 //! ENOTCONN: the helpers here say so, and how to clear it, rather than pass on a
 //! bare "Transport endpoint is not connected".
 
+pub mod console;
 pub mod fsck;
 pub mod mkfs;
 pub mod mount;

@@ -13,6 +13,7 @@ use super::{
 use crate::daemon;
 use clonefs::fs::MountConfig;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ pub fn mount(
     foreground: bool,
     log: Option<PathBuf>,
     mc: &MountConfig,
+    listen: Option<SocketAddr>,
 ) -> CliResult {
     let store = absolute(store)?;
     match std::fs::metadata(&store) {
@@ -41,7 +43,7 @@ pub fn mount(
     let mnt = check_mountpoint(mountpoint)?;
     if foreground {
         init_logger("info");
-        return daemon::foreground(&store, &mnt, mc).map(|()| ExitCode::SUCCESS);
+        return daemon::foreground(&store, &mnt, mc, listen).map(|()| ExitCode::SUCCESS);
     }
     let log = match log {
         Some(l) => absolute(&l)?,
@@ -51,13 +53,19 @@ pub fn mount(
             PathBuf::from(s)
         }
     };
-    daemon::spawn(&store, &mnt, &log, mc)?;
+    daemon::spawn(&store, &mnt, &log, mc, listen)?;
     println!(
         "mounted {} at {} (log: {})",
         store.display(),
         mnt.display(),
         log.display()
     );
+    if listen.is_some() {
+        println!(
+            "API and console on TCP; open the console with the URL that `clonefs console {}` prints",
+            mnt.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
