@@ -72,7 +72,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// One server-sent event of `GET /api/v1/events`: `{"type": "created", "cluster": NAME}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventDoc {
-    /// `created`, `deleted`, `reset` or `expired`.
+    /// `created`, `deleted`, `reset`, `expired` or `modified` (protection, expiry or
+    /// retention).
     #[serde(rename = "type")]
     pub kind: String,
     pub cluster: String,
@@ -85,6 +86,7 @@ impl From<&Event> for EventDoc {
             Event::Deleted(n) => ("deleted", n),
             Event::Reset(n) => ("reset", n),
             Event::Expired(n) => ("expired", n),
+            Event::Modified(n) => ("modified", n),
         };
         EventDoc {
             kind: kind.into(),

@@ -147,7 +147,7 @@ pub fn document() -> String {
                     "cluster": {"type": "string"}, "earliest": {"type": "string", "nullable": true},
                     "latest": {"type": "string"}, "points": {"type": "integer"}, "restore_only": {"type": "integer"}}},
                 "Event": {"type": "object", "required": ["type", "cluster"], "properties": {
-                    "type": {"type": "string", "enum": ["created", "deleted", "reset", "expired"]},
+                    "type": {"type": "string", "enum": ["created", "deleted", "reset", "expired", "modified"]},
                     "cluster": {"type": "string"}}}
             }
         }

@@ -95,6 +95,8 @@ pub enum Event {
     Deleted(String),
     Reset(String),
     Expired(String),
+    /// Its protection, expiry or retention changed.
+    Modified(String),
 }
 
 /// A cluster's id: stable for the cluster's life, never reused.

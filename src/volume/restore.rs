@@ -18,9 +18,9 @@
 //! Deleting a cluster drops its points and settings.
 
 use super::catalog::{self, Record, RecordKind, Settings};
+use super::commit::ROOM;
 use super::inode;
 use super::node::{NodeKind, Tree};
-use super::commit::ROOM;
 use super::{Catalog, Cluster, ClusterId, ClusterInfo, CommitState, Volume};
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -555,6 +555,7 @@ impl Volume {
             cl.info(&cat.defaults)
         };
         self.commit()?;
+        self.notify(super::Event::Modified(name.into()));
         Ok(info)
     }
 

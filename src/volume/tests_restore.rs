@@ -150,7 +150,9 @@ fn a_protected_cluster_keeps_every_name_and_refuses_delete_and_reset() {
     put(&v, "prod", "f", b"keep");
     v.mkdir(c, Ino::ROOT, b"d", WHO).unwrap();
     v.clone_cluster("prod", "test").unwrap();
+    let events = v.watch();
     v.set_protected("prod", true).unwrap();
+    assert_eq!(events.try_recv(), Ok(Event::Modified("prod".into())));
     v.set_protected("test", true).unwrap();
     assert!(v.cluster_by_name("prod").unwrap().protected);
 
