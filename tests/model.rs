@@ -393,7 +393,7 @@ impl Harness {
             }
             Op::Reset(c) => {
                 let cl = CLUSTERS[c];
-                let r = self.vol.reset_cluster(cl, ResetTo::Parent, false);
+                let r = self.vol.reset_cluster(cl, ResetTo::Parent);
                 let parent = self.parents.get(cl).filter(|p| self.model.contains_key(*p));
                 match (self.model.contains_key(cl), parent) {
                     (false, _) => assert!(matches!(r, Err(Error::NotFound)), "{op:?}: {r:?}"),

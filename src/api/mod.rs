@@ -384,8 +384,28 @@ fn reset(vol: &Volume, name: &str, b: &[u8]) -> Result<Reply, Reply> {
         Some(t) => ResetTo::Time(time_field("restore_to_time", t)?),
         None => ResetTo::Parent,
     };
-    vol.reset_cluster(name, to, req.force)
-        .map_err(|e| failed(name, e))?;
+    let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
+    if info.protected {
+        return Err(failed(name, Error::Protected(name.into())));
+    }
+    if !req.force {
+        let users = crate::fs::cluster_users(vol.path(), name);
+        if !users.is_empty() {
+            let who: Vec<String> = users
+                .iter()
+                .map(|(pid, comm)| format!("{pid} ({comm})"))
+                .collect();
+            return Err(failed(
+                name,
+                Error::Busy(format!(
+                    "files of cluster '{name}' are in use by process {}: stop them, or reset \
+                     with --force (their open files then fail)",
+                    who.join(", ")
+                )),
+            ));
+        }
+    }
+    vol.reset_cluster(name, to).map_err(|e| failed(name, e))?;
     changed_doc(vol, name).map(|c| reply(200, &c))
 }
 

@@ -33,7 +33,7 @@ mod mount;
 mod namespace;
 mod node;
 
-pub use mount::{mount, mounts, MountConfig, MountEntry};
+pub use mount::{cluster_users, mount, mounts, MountConfig, MountEntry};
 pub use node::Node;
 
 use crate::error::Error;

@@ -90,6 +90,47 @@ fn lift_dirty_limits(mountpoint: &Path) {
     }
 }
 
+/// The processes using cluster `cluster` of `store` through any of its mounts: a
+/// file open, a working or root directory inside it, as `(pid, command)`. This is
+/// what `fuser -m` reads (/proc), so it holds whether or not the kernel tells the
+/// daemon about opens; it sees the processes this daemon's user may inspect.
+pub fn cluster_users(store: &Path, cluster: &str) -> Vec<(u32, String)> {
+    let dirs: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "fuse.clonefs" && m.source == store)
+        .map(|m| m.point.join(cluster))
+        .collect();
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let mut users = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let proc = entry.path();
+        let mut links: Vec<PathBuf> = ["cwd", "root"]
+            .iter()
+            .filter_map(|l| std::fs::read_link(proc.join(l)).ok())
+            .collect();
+        if let Ok(fds) = std::fs::read_dir(proc.join("fd")) {
+            links.extend(
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok()),
+            );
+        }
+        if links.iter().any(|l| dirs.iter().any(|d| l.starts_with(d))) {
+            let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default();
+            users.push((pid, comm.trim().to_string()));
+        }
+    }
+    users
+}
+
 /// One line of /proc/self/mountinfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {

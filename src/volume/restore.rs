@@ -472,21 +472,14 @@ impl Volume {
 
     /// Replaces the contents of cluster `name` at once, keeping its name, parent,
     /// settings and restore points. It gets a new cluster id: files of the old
-    /// contents still open fail from then on. Refused while files are open
-    /// (unless `force`) and for a protected cluster.
-    pub fn reset_cluster(&self, name: &str, to: ResetTo, force: bool) -> Result<ClusterInfo> {
+    /// contents still open fail from then on. Refused for a protected cluster; who
+    /// uses the cluster is the caller's to ask (processes are not the volume's).
+    pub fn reset_cluster(&self, name: &str, to: ResetTo) -> Result<ClusterInfo> {
         let info = {
             let _gate = self.change()?;
             let old = self.cluster_named(name)?;
             if old.settings.lock().unwrap().protected {
                 return Err(Error::Protected(name.into()));
-            }
-            let open = old.open.lock().unwrap().len();
-            if open > 0 && !force {
-                return Err(Error::Busy(format!(
-                    "{open} file(s) of cluster '{name}' are open: stop what uses them, or \
-                     reset with --force (their handles then fail)"
-                )));
             }
             let parent = old.parent.as_deref().map(|p| self.cluster_named(p));
             let image = match (to, parent) {
