@@ -104,16 +104,18 @@ pub(super) fn errno(code: i32) -> Errno {
 impl CloneFs {
     /// Logs a failure the way a user needs it, and gives the errno to reply with.
     pub(super) fn fail(&self, op: &str, node: Node, e: Error) -> Errno {
-        let place = self.describe(node);
+        // The place is described only when logged: a missing name (every new file's
+        // lookup) is on the hot path.
+        let place = || self.describe(node);
         match &e {
             Error::Corrupt { .. } | Error::PreviousIo | Error::Io(_) | Error::BadStore { .. } => {
-                error!("{op} on {place}: {e}")
+                error!("{op} on {}: {e}", place())
             }
             // Everyday answers: a name that is not there, an attribute not set.
             Error::NotFound | Error::NoData | Error::NoSuchOffset => {
-                debug!("{op} on {place}: {e}")
+                debug!("{op} on {}: {e}", place())
             }
-            _ => warn!("{op} on {place}: {e}"),
+            _ => warn!("{op} on {}: {e}", place()),
         }
         errno(e.errno())
     }

@@ -61,8 +61,15 @@ pub const STATUS_NAME: &str = ".clonefs-status";
 /// Name of the hidden control directory in every cluster root.
 pub const CONTROL_NAME: &str = ".clone";
 
-/// How long the kernel may trust attributes and names of files inside clusters.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and names of files inside clusters: as
+/// long as a local file system's. Every change to a cluster's tree comes through this
+/// mount, and the kernel drops what each change makes stale (the parent's attributes
+/// on a create, the size and times on a write, the target on a rename or unlink).
+/// What changes behind its back is virtual (the root, `.clone`) and never cached.
+/// A day, like libfuse passthrough's `cache=always`: with 1 s, a walk of a large
+/// tree (`du`, `grep -r`) outlives the entries readdirplus gave it and looks every
+/// name up again.
+const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Virtual nodes and the names under the mount root and `.clone`: not cached.
 const NO_TTL: Duration = Duration::ZERO;
 const GEN: Generation = Generation(0);
@@ -157,8 +164,10 @@ impl Filesystem for CloneFs {
         // write(2) returns; with it, a clone first has the kernel write back the
         // dirty pages of the cluster's open files (see `clone_after_writeback`).
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            // Always readdirplus, not only for the first batch of a directory
+            // (READDIRPLUS_AUTO): `du`, `find -type`, `grep -r` then find names
+            // with their attributes and send no LOOKUP per file.
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             // The volume drops setuid/setgid itself, so the kernel need not ask
@@ -569,8 +578,11 @@ impl Filesystem for CloneFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are in the volume when they return; nothing is buffered here.
-        reply.ok();
+        // Nothing is buffered here, and the kernel keeps POSIX locks and flocks itself
+        // (no FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS). ENOSYS once and the kernel sends no
+        // FLUSH again (`fc->no_flush`): close costs no round trip. With the writeback
+        // cache the kernel still writes a file's dirty pages back at close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
