@@ -23,12 +23,14 @@
 //! under `.clone` change without the kernel seeing each change (a clone appears,
 //! a cluster is deleted from another name), so their entries are never cached.
 //!
-//! The parts: `node` (the id layout), `namespace` (what each node is and what a
+//! The parts: `node` (the id layout), `handles` (zero-message open: what keeps a
+//! file alive without OPEN), `namespace` (what each node is and what a
 //! request on it decides), `attr` (translation of attributes, flags and errors),
 //! `mount` (the session). This file is the `Filesystem` impl: each handler decodes,
 //! calls one of those or the volume, and replies.
 
 mod attr;
+mod handles;
 mod mount;
 mod namespace;
 mod node;
@@ -92,6 +94,10 @@ pub struct CloneFs {
     blksize: u32,
     /// Status documents, one per open of `.clonefs-status`, by file handle.
     status: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    /// The status document reads without a handle get (see `handles`).
+    status_latest: Mutex<Option<Arc<Vec<u8>>>>,
+    /// OPEN and CREATE answered ENOSYS; the kernel's references keep files alive.
+    zero_open: bool,
     next_fh: AtomicU64,
     /// The kernel's writeback cache is on: dirty pages of open files sit in the
     /// kernel until it writes them back, so a clone has them written back first.
@@ -123,6 +129,8 @@ impl CloneFs {
             mounted: SystemTime::now(),
             blksize,
             status: Mutex::new(HashMap::new()),
+            status_latest: Mutex::new(None),
+            zero_open: true,
             next_fh: AtomicU64::new(1),
             writeback: false,
             notifier: Arc::new(OnceLock::new()),
@@ -184,6 +192,7 @@ impl Filesystem for CloneFs {
             warn!("the kernel offers no writeback cache: writes go through");
             self.writeback = false;
         }
+        self.zero_open = !self.writeback;
         info!(
             "serving {} ({} clusters), kernel FUSE ABI {:?}",
             self.vol.path().display(),
@@ -210,9 +219,13 @@ impl Filesystem for CloneFs {
         let parent = node_or_reply!(parent, reply);
         debug!("lookup {parent} {name:?}");
         match self.find(parent, name) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(self.fail("lookup", parent, e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_node(ino, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -293,7 +306,7 @@ impl Filesystem for CloneFs {
         match self.make("mknod", p, name, |c, ino| {
             self.vol.mknod(c, ino, name.as_bytes(), kind, who, rdev)
         }) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -341,7 +354,7 @@ impl Filesystem for CloneFs {
             }),
         };
         match made {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -407,7 +420,7 @@ impl Filesystem for CloneFs {
                 who,
             )
         }) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -474,7 +487,7 @@ impl Filesystem for CloneFs {
             (Node::File(_, i), _) => match self.make("link", np, newname, |c, to| {
                 self.vol.link(c, i, to, newname.as_bytes())
             }) {
-                Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+                Ok(e) => self.reply_entry(&e, reply),
                 Err(e) => reply.error(e),
             },
             _ => reply.error(self.refuse("link", n, libc::EPERM, "a virtual node")),
@@ -484,6 +497,9 @@ impl Filesystem for CloneFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let n = node_or_reply!(ino, reply);
         debug!("open {n} flags {flags:#x}");
+        if self.zero_open {
+            return reply.error(Errno::ENOSYS);
+        }
         match n {
             Node::Status => {
                 if flags.acc_mode() != OpenAccMode::O_RDONLY {
@@ -527,6 +543,7 @@ impl Filesystem for CloneFs {
         match n {
             Node::Status => {
                 let doc = self.status.lock().unwrap().get(&fh.0).cloned();
+                let doc = doc.or_else(|| self.status_latest());
                 match doc {
                     Some(doc) => {
                         let from = (offset as usize).min(doc.len());
@@ -730,6 +747,10 @@ impl Filesystem for CloneFs {
                     ) {
                         break;
                     }
+                    // The kernel keeps every entry but the dots: each is a lookup.
+                    if e.name != b"." && e.name != b".." {
+                        self.counted(Some(e.node));
+                    }
                 }
                 reply.ok()
             }
@@ -858,6 +879,9 @@ impl Filesystem for CloneFs {
     ) {
         let p = node_or_reply!(parent, reply);
         debug!("create {p} {name:?} mode {mode:o} flags {flags:#x}");
+        if self.zero_open {
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(kind) = kind_from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
