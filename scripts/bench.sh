@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # clonefs against native and peers: fio (native dir, bindfs, clonefs), pgbench, clone time, lineage reads beside a qcow2 chain,
-# space, engine; installs what is missing, prints one table (ratios to native, PASS/MISS). Usage: scripts/bench.sh [--quick] [DIR]
+# space, file tools (tar, du, grep, cp, rm on a doc tree; big-file cp, dd), engine; installs what is missing, prints one table
+# (ratios to native, PASS/MISS). Usage: scripts/bench.sh [--quick] [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -10,14 +11,16 @@ dir=/var/tmp # the native directory: stores, mounts, the qcow2 chain and the nat
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,3p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,4p' "$0"; exit 0 ;;
     *) dir=$a ;;
   esac
 done
 if ((quick)); then
   fio_size=256M fio_rt=1 pg_secs=10 clone_sizes=(64 256 1024) many=1000 lin_mib=64
+  ft_big=256M ft_exclude=(--exclude=core/arch) # file tools: the core docs without core/arch (17k files)
 else
   fio_size=1G fio_rt=4 pg_secs=30 clone_sizes=(64 1024 8192) many=10000 lin_mib=256
+  ft_big=2G ft_exclude=() # file tools: the toolchain's core docs (41,874 files)
 fi
 depths=(1 16 64 256)
 pg_scale=10
@@ -342,6 +345,10 @@ def verdict(spec, c, n, p, vals):
             if not n:
                 return "MISS (no native figure)"
             ok &= c / n >= float(arg)
+        elif op == "ratio_le":
+            if not n:
+                return "MISS (no native figure)"
+            ok &= c / n <= float(arg)
         elif op == "ge_peer":
             if p is None:
                 return "MISS (no peer figure)"
@@ -613,7 +620,116 @@ done
 umount_clonefs "$lmnt"
 timeout 600 rm -rf "$lstore" "$qdir" "$nfile"
 
-# ---- 5. engine (in-process, no mount) -------------------------------------------------------------
+# ---- 5. file tools: a doc tree through tar, find, du, grep, cp -a, rm; big files through cp, dd, head ------
+# The tree of issue 18: the toolchain's core docs. Each place gets a fresh copy; reads start cold (the
+# clonefs mount remounted, as in `cold`). Requests per file come from the kernel's FUSE tracepoint.
+ft_src=$(rustc --print sysroot 2>/dev/null)/share/doc/rust/html
+if [ ! -d "$ft_src/core" ]; then
+  say "file tools: skipped, no $ft_src/core (rustup's rust-docs component)"
+else
+  say "file tools: the core docs tree on a native dir, a bindfs of another and a clonefs cluster"
+  ft_tar=$work/ft-tree.tar
+  timeout 300 tar cf "$ft_tar" -C "$ft_src" "${ft_exclude[@]}" core
+  ft_files=$(tar tf "$ft_tar" | wc -l)
+  ftstore=$work/ft.clonefs
+  ftmnt=$work/ft-mnt
+  ftbsrc=$work/ft-bindfs-src
+  ftbmnt=$work/ft-bindfs-mnt
+  mkdir -p "$work/ft-native" "$ftbsrc" "$ftbmnt"
+  mounts+=("bindfs $ftbmnt")
+  timeout 60 bindfs --multithreaded "$ftbsrc" "$ftbmnt"
+  grep -q " $ftbmnt " /proc/mounts || fail "bindfs returned but $ftbmnt is not mounted"
+  timeout 60 "$bin" mkfs "$ftstore" --size 64G >/dev/null
+  mount_clonefs "$ftstore" "$ftmnt"
+  timeout 30 mkdir "$ftmnt/c"
+  declare -A ftdir=([native]=$work/ft-native [bindfs]=$ftbmnt [clonefs]=$ftmnt/c) ftmount=([bindfs]=$ftbmnt [clonefs]=$ftmnt)
+  ft_perf=0
+  command -v perf >/dev/null && timeout 30 perf stat -e fuse:fuse_request_send -- true >/dev/null 2>&1 && ft_perf=1
+  # ft_time PLACE CMD...: runs CMD with sh -c; sets ft_ms to its milliseconds and ft_req to the FUSE
+  # requests it sent to PLACE's mount (if perf can count them)
+  ft_time() {
+    local place=$1 s e minor
+    shift
+    ft_req=
+    s=$(date +%s%N)
+    if ((ft_perf)) && [ -n "${ftmount[$place]:-}" ]; then
+      minor=$(awk -v m="${ftmount[$place]}" '$5 == m { split($3, d, ":"); print d[2] }' /proc/self/mountinfo | tail -1)
+      timeout 1800 perf stat -x, -o "$work/ft-perf.txt" -e fuse:fuse_request_send --filter "connection == $minor" -a \
+        -- sh -c "$*" >/dev/null 2>>"$work/ft.err" || fail "file tools: '$*' on $place failed"
+      ft_req=$(awk -F, '/fuse_request_send/ { print $1 }' "$work/ft-perf.txt")
+    else
+      timeout 1800 sh -c "$*" >/dev/null 2>>"$work/ft.err" || fail "file tools: '$*' on $place failed"
+    fi
+    e=$(date +%s%N)
+    ft_ms=$(((e - s) / 1000000))
+  }
+  ft_cold() { if [ "$1" = clonefs ]; then cold clonefs "$ftmnt" "$ftstore"; else drop_caches; fi; }
+  declare -A ft=()
+  for t in native bindfs clonefs; do
+    d=${ftdir[$t]}
+    say "file tools: tree on $t"
+    drop_caches
+    ft_time "$t" "tar xf '$ft_tar' -C '$d'; sync"
+    ft[x_$t]=$ft_ms ft[xreq_$t]=$ft_req
+    ft_cold "$t"
+    ft_time "$t" "find '$d' -name zzqq_none"
+    ft[find_$t]=$ft_ms
+    ft_cold "$t"
+    ft_time "$t" "du -s '$d'"
+    ft[du_$t]=$ft_ms
+    ft_cold "$t"
+    ft_time "$t" "grep -r -l zzqq_none '$d'; true"
+    ft[grep_$t]=$ft_ms ft[greq_$t]=$ft_req
+    ft_cold "$t"
+    ft_time "$t" "tar cf - -C '$d' core | cat >/dev/null"
+    ft[tarc_$t]=$ft_ms
+    ft_time "$t" "cp -a '$d/core' '$d/core2'; sync"
+    ft[cpa_$t]=$ft_ms
+    ft_time "$t" "rm -rf '$d/core' '$d/core2'; sync"
+    ft[rm_$t]=$ft_ms
+  done
+  timeout 60 fusermount3 -u "$ftbmnt"
+  big=$work/ft-big
+  timeout 600 head -c "$ft_big" /dev/urandom >"$big"
+  big_mib=$(($(stat -c %s "$big") >> 20))
+  mibs() { python3 -c "print(f'{$big_mib / max($1, 1) * 1000:.0f}')"; }
+  for t in native clonefs; do
+    d=${ftdir[$t]}
+    say "file tools: $ft_big files on $t"
+    drop_caches
+    ft_time "$t" "cp '$big' '$d/big'; sync"
+    ft[cp_$t]=$(mibs "$ft_ms")
+    ft_time "$t" "dd if='$big' of='$d/dd' bs=1M conv=fdatasync status=none"
+    ft[dd_$t]=$(mibs "$ft_ms")
+    ft_time "$t" "head -c $ft_big /dev/zero >'$d/head'; sync"
+    ft[head_$t]=$(mibs "$ft_ms")
+    timeout 300 rm -f "$d/big" "$d/dd" "$d/head"
+  done
+  section "file tools (issue 18): a tree of $ft_files files (the toolchain's core docs), ms; native = a directory in $dir, peer = bindfs --multithreaded of another, clonefs = a cluster; reads from a dropped page cache"
+  ft_row() { # ID LABEL KEY TARGET SPEC
+    row "$1" "$2" "${ft[${3}_native]}" bindfs "${ft[${3}_bindfs]}" "${ft[${3}_clonefs]}" "$4" "$5"
+  }
+  ft_row ftx "tar x + sync, ms" x "<= 2.5x native" ratio_le=2.5
+  ft_row ftfind "find, ms" find "" ""
+  ft_row ftdu "du -s, ms" du "<= 2x native" ratio_le=2
+  ft_row ftgrep "grep -r, ms" grep "<= 1.3x native" ratio_le=1.3
+  ft_row fttarc "tar c, ms" tarc "" ""
+  ft_row ftcpa "cp -a on the same mount + sync, ms" cpa "" ""
+  ft_row ftrm "rm -rf + sync, ms" rm "" ""
+  if ((ft_perf)); then
+    per() { [ -n "$1" ] && python3 -c "print(f'{$1 / $ft_files:.2f}')"; }
+    row ftxreq "tar x: FUSE requests per file" "" bindfs "$(per "${ft[xreq_bindfs]}")" "$(per "${ft[xreq_clonefs]}")" "" ""
+    row ftgreq "grep -r: FUSE requests per file" "" bindfs "$(per "${ft[greq_bindfs]}")" "$(per "${ft[greq_clonefs]}")" "" ""
+  fi
+  section "file tools: one $ft_big file, MiB/s; native = a directory in $dir, clonefs = a cluster"
+  row ftcp "cp (from $dir) + sync, MiB/s" "${ft[cp_native]}" "" "" "${ft[cp_clonefs]}" ">= 0.9x native" ratio_ge=0.9
+  row ftdd "dd bs=1M conv=fdatasync, MiB/s" "${ft[dd_native]}" "" "" "${ft[dd_clonefs]}" ">= 0.9x native" ratio_ge=0.9
+  row fthead "head -c (8 KiB writes) + sync, MiB/s" "${ft[head_native]}" "" "" "${ft[head_clonefs]}" ">= 0.8x native" ratio_ge=0.8
+  umount_clonefs "$ftmnt"
+  timeout 600 rm -rf "$work/ft-native" "$ftbsrc" "$ftstore" "$big" "$ft_tar"
+fi
+
+# ---- 6. engine (in-process, no mount) -------------------------------------------------------------
 say "engine benchmark (examples/engine_bench.rs)"
 eng_args=()
 ((quick)) && eng_args=(--quick)

@@ -23,12 +23,14 @@
 //! under `.clone` change without the kernel seeing each change (a clone appears,
 //! a cluster is deleted from another name), so their entries are never cached.
 //!
-//! The parts: `node` (the id layout), `namespace` (what each node is and what a
+//! The parts: `node` (the id layout), `handles` (zero-message open: what keeps a
+//! file alive without OPEN), `namespace` (what each node is and what a
 //! request on it decides), `attr` (translation of attributes, flags and errors),
 //! `mount` (the session). This file is the `Filesystem` impl: each handler decodes,
 //! calls one of those or the volume, and replies.
 
 mod attr;
+mod handles;
 mod mount;
 mod namespace;
 mod node;
@@ -61,8 +63,15 @@ pub const STATUS_NAME: &str = ".clonefs-status";
 /// Name of the hidden control directory in every cluster root.
 pub const CONTROL_NAME: &str = ".clone";
 
-/// How long the kernel may trust attributes and names of files inside clusters.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and names of files inside clusters: as
+/// long as a local file system's. Every change to a cluster's tree comes through this
+/// mount, and the kernel drops what each change makes stale (the parent's attributes
+/// on a create, the size and times on a write, the target on a rename or unlink).
+/// What changes behind its back is virtual (the root, `.clone`) and never cached.
+/// A day, like libfuse passthrough's `cache=always`: with 1 s, a walk of a large
+/// tree (`du`, `grep -r`) outlives the entries readdirplus gave it and looks every
+/// name up again.
+const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Virtual nodes and the names under the mount root and `.clone`: not cached.
 const NO_TTL: Duration = Duration::ZERO;
 const GEN: Generation = Generation(0);
@@ -85,6 +94,10 @@ pub struct CloneFs {
     blksize: u32,
     /// Status documents, one per open of `.clonefs-status`, by file handle.
     status: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    /// The status document reads without a handle get (see `handles`).
+    status_latest: Mutex<Option<Arc<Vec<u8>>>>,
+    /// OPEN and CREATE answered ENOSYS; the kernel's references keep files alive.
+    zero_open: bool,
     next_fh: AtomicU64,
     /// The kernel's writeback cache is on: dirty pages of open files sit in the
     /// kernel until it writes them back, so a clone has them written back first.
@@ -116,6 +129,8 @@ impl CloneFs {
             mounted: SystemTime::now(),
             blksize,
             status: Mutex::new(HashMap::new()),
+            status_latest: Mutex::new(None),
+            zero_open: true,
             next_fh: AtomicU64::new(1),
             writeback: false,
             notifier: Arc::new(OnceLock::new()),
@@ -157,8 +172,10 @@ impl Filesystem for CloneFs {
         // write(2) returns; with it, a clone first has the kernel write back the
         // dirty pages of the cluster's open files (see `clone_after_writeback`).
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            // Always readdirplus, not only for the first batch of a directory
+            // (READDIRPLUS_AUTO): `du`, `find -type`, `grep -r` then find names
+            // with their attributes and send no LOOKUP per file.
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             // The volume drops setuid/setgid itself, so the kernel need not ask
@@ -175,6 +192,7 @@ impl Filesystem for CloneFs {
             warn!("the kernel offers no writeback cache: writes go through");
             self.writeback = false;
         }
+        self.zero_open = !self.writeback;
         info!(
             "serving {} ({} clusters), kernel FUSE ABI {:?}",
             self.vol.path().display(),
@@ -201,9 +219,13 @@ impl Filesystem for CloneFs {
         let parent = node_or_reply!(parent, reply);
         debug!("lookup {parent} {name:?}");
         match self.find(parent, name) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(self.fail("lookup", parent, e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_node(ino, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -284,7 +306,7 @@ impl Filesystem for CloneFs {
         match self.make("mknod", p, name, |c, ino| {
             self.vol.mknod(c, ino, name.as_bytes(), kind, who, rdev)
         }) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -332,7 +354,7 @@ impl Filesystem for CloneFs {
             }),
         };
         match made {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -398,7 +420,7 @@ impl Filesystem for CloneFs {
                 who,
             )
         }) {
-            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+            Ok(e) => self.reply_entry(&e, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -465,7 +487,7 @@ impl Filesystem for CloneFs {
             (Node::File(_, i), _) => match self.make("link", np, newname, |c, to| {
                 self.vol.link(c, i, to, newname.as_bytes())
             }) {
-                Ok(e) => reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN),
+                Ok(e) => self.reply_entry(&e, reply),
                 Err(e) => reply.error(e),
             },
             _ => reply.error(self.refuse("link", n, libc::EPERM, "a virtual node")),
@@ -475,6 +497,9 @@ impl Filesystem for CloneFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let n = node_or_reply!(ino, reply);
         debug!("open {n} flags {flags:#x}");
+        if self.zero_open {
+            return reply.error(Errno::ENOSYS);
+        }
         match n {
             Node::Status => {
                 if flags.acc_mode() != OpenAccMode::O_RDONLY {
@@ -518,6 +543,7 @@ impl Filesystem for CloneFs {
         match n {
             Node::Status => {
                 let doc = self.status.lock().unwrap().get(&fh.0).cloned();
+                let doc = doc.or_else(|| self.status_latest());
                 match doc {
                     Some(doc) => {
                         let from = (offset as usize).min(doc.len());
@@ -569,8 +595,11 @@ impl Filesystem for CloneFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are in the volume when they return; nothing is buffered here.
-        reply.ok();
+        // Nothing is buffered here, and the kernel keeps POSIX locks and flocks itself
+        // (no FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS). ENOSYS once and the kernel sends no
+        // FLUSH again (`fc->no_flush`): close costs no round trip. With the writeback
+        // cache the kernel still writes a file's dirty pages back at close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -718,6 +747,10 @@ impl Filesystem for CloneFs {
                     ) {
                         break;
                     }
+                    // The kernel keeps every entry but the dots: each is a lookup.
+                    if e.name != b"." && e.name != b".." {
+                        self.counted(Some(e.node));
+                    }
                 }
                 reply.ok()
             }
@@ -846,6 +879,9 @@ impl Filesystem for CloneFs {
     ) {
         let p = node_or_reply!(parent, reply);
         debug!("create {p} {name:?} mode {mode:o} flags {flags:#x}");
+        if self.zero_open {
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(kind) = kind_from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };

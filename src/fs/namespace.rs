@@ -121,7 +121,11 @@ impl CloneFs {
                 let n = self.vol.cluster_count() as u32;
                 Ok(self.virtual_attr(node, FileType::Directory, 0o755, 2 + n))
             }
-            Node::Status => Ok(self.virtual_attr(node, FileType::RegularFile, 0o444, 1)),
+            Node::Status => {
+                let mut a = self.virtual_attr(node, FileType::RegularFile, 0o444, 1);
+                a.size = self.status_len();
+                Ok(a)
+            }
             Node::File(c, ino) => Ok(self.file_attr(node, &self.vol.getattr(c, ino)?)),
             // `.clone` belongs to whoever owns the cluster root: who may write there
             // may clone it.
@@ -219,6 +223,10 @@ impl CloneFs {
     pub(super) fn find(&self, parent: Node, name: &OsStr) -> Result<Entry, Error> {
         match parent {
             Node::Root if name.as_bytes() == STATUS_NAME.as_bytes() => {
+                // Without handles, each open reads the document this lookup makes.
+                if self.zero_open {
+                    self.status_refresh()?;
+                }
                 self.entry(parent, Node::Status)
             }
             Node::Root => {
