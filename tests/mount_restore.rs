@@ -107,7 +107,11 @@ fn restore_reset_protect_and_expire_through_the_commands_and_the_mount() {
     let held = fs::File::open(m.path("old/f")).unwrap();
     let busy = run(&[BIN, "reset", "--cluster", "old", "--from-parent", mnt]);
     assert!(!busy.status.success());
-    assert!(stderr(&busy).contains("in use by process"), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("in use by process"),
+        "{}",
+        stderr(&busy)
+    );
     drop(held);
     // The kernel releases a closed file's handle asynchronously.
     let reset = (0..20).any(|_| {

@@ -207,13 +207,21 @@ impl Volume {
     }
 
     /// Runs a change; on `NoSpace` with frees pending, commits (releasing them) and
-    /// tries again; when nothing is pending, gives up the oldest restore points
-    /// first: live data always comes before history.
+    /// tries again, twice at most (a commit defers frees of its own); then gives up
+    /// the older half of the restore points and starts over: live data always comes
+    /// before history. Each round of shedding drops a point, so this ends.
     pub(super) fn with_room<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut commits = 0;
         loop {
             match f() {
-                Err(Error::NoSpace) if self.eng.has_pending() => self.commit()?,
-                Err(Error::NoSpace) if self.shed_points()? => self.commit()?,
+                Err(Error::NoSpace) if commits < 2 && self.eng.has_pending() => {
+                    commits += 1;
+                    self.commit()?
+                }
+                Err(Error::NoSpace) if self.shed_points()? => {
+                    commits = 0;
+                    self.commit()?
+                }
                 r => return r,
             }
         }
