@@ -290,27 +290,11 @@ fn main() -> ExitCode {
         Cmd::Protect {
             cluster,
             mountpoint,
-        } => cli::restore::modify(
-            &mountpoint,
-            &cluster,
-            &PatchCluster {
-                protected: Some(true),
-                ..Default::default()
-            },
-            false,
-        ),
+        } => cli::restore::protect(&mountpoint, &cluster, true),
         Cmd::Unprotect {
             cluster,
             mountpoint,
-        } => cli::restore::modify(
-            &mountpoint,
-            &cluster,
-            &PatchCluster {
-                protected: Some(false),
-                ..Default::default()
-            },
-            false,
-        ),
+        } => cli::restore::protect(&mountpoint, &cluster, false),
         Cmd::Modify {
             cluster,
             retention,

@@ -165,6 +165,15 @@ pub fn reset(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `clonefs protect` and `unprotect`.
+pub fn protect(mountpoint: &Path, name: &str, protected: bool) -> CliResult {
+    let patch = PatchCluster {
+        protected: Some(protected),
+        ..Default::default()
+    };
+    modify(mountpoint, name, &patch, false)
+}
+
 /// `clonefs protect`, `unprotect` and `modify`: a PATCH of the cluster's settings.
 pub fn modify(mountpoint: &Path, name: &str, patch: &PatchCluster, json: bool) -> CliResult {
     let (_, sock) = api_of(mountpoint)?;
