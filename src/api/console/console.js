@@ -64,6 +64,8 @@ function showError(e) {
 }
 
 function notice(text) {
+  // The latest outcome is what shows: a success clears an older error.
+  $("error").hidden = true;
   const n = $("notice");
   n.textContent = text;
   n.hidden = false;
