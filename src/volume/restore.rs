@@ -21,7 +21,7 @@ use super::catalog::{self, Record, RecordKind, Settings};
 use super::commit::ROOM;
 use super::inode;
 use super::node::{NodeKind, Tree};
-use super::{Catalog, Cluster, ClusterId, ClusterInfo, CommitState, Volume};
+use super::{Catalog, Cluster, ClusterInfo, CommitState, Volume};
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -598,8 +598,10 @@ impl Volume {
     /// The restore window of cluster `name`.
     pub fn restorable(&self, name: &str) -> Result<Restorable> {
         let cl = self.cluster_named(name)?;
-        let earliest = cl.points.lock().unwrap().first().map(|p| p.created);
-        let points = cl.points.lock().unwrap().len();
+        let (earliest, points) = {
+            let p = cl.points.lock().unwrap();
+            (p.first().map(|p| p.created), p.len())
+        };
         let restore_only = self
             .space()?
             .into_iter()
@@ -646,11 +648,6 @@ impl Volume {
             return Err(Error::Protected(cl.name.clone()));
         }
         Ok(())
-    }
-
-    /// The cluster's id by name, for callers outside the volume.
-    pub fn cluster_id(&self, name: &str) -> Result<ClusterId> {
-        Ok(self.cluster_named(name)?.id)
     }
 }
 
