@@ -146,11 +146,7 @@ mod tests {
     #[test]
     fn status_lists_clusters_with_lineage() {
         let (vol, _dev) = Volume::in_memory(4096, 1024).unwrap();
-        let who = NewInode {
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-        };
+        let who = NewInode::dir_of_this_process();
         vol.create_cluster("prod", who).unwrap();
         vol.clone_cluster("prod", "test").unwrap();
         let doc = StatusDoc::of(&vol).unwrap().to_json();

@@ -316,11 +316,7 @@ pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply
 
 fn create(vol: &Volume, b: &[u8]) -> Result<Reply, Reply> {
     let req: CreateCluster = body(b)?;
-    let who = crate::volume::NewInode {
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-    };
+    let who = crate::volume::NewInode::dir_of_this_process();
     vol.create_cluster(&req.name, who)
         .map_err(|e| failed(&req.name, e))?;
     vol.commit().map_err(|e| failed(&req.name, e))?;

@@ -9,11 +9,7 @@ use std::time::Duration;
 
 fn vol() -> Arc<Volume> {
     let (v, _dev) = Volume::in_memory(4096, 2048).unwrap();
-    let who = NewInode {
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-    };
+    let who = NewInode::dir_of_this_process();
     v.create_cluster("prod", who).unwrap();
     v
 }

@@ -23,11 +23,7 @@ struct Served {
 fn served() -> Served {
     use std::os::unix::fs::PermissionsExt;
     let (vol, _dev) = Volume::in_memory(4096, 2048).unwrap();
-    let who = NewInode {
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-    };
+    let who = NewInode::dir_of_this_process();
     vol.create_cluster("prod", who).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s.clonefs");

@@ -417,11 +417,7 @@ mod tests {
     #[test]
     fn listing_and_lookup_of_virtual_directories() {
         let (vol, _dev) = Volume::in_memory(4096, 1024).unwrap();
-        let who = NewInode {
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-        };
+        let who = NewInode::dir_of_this_process();
         let prod = vol.create_cluster("prod", who).unwrap().id;
         let test = vol.clone_cluster("prod", "test").unwrap().id;
         let fs = CloneFs::new(vol);

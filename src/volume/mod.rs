@@ -181,6 +181,19 @@ pub struct NewInode {
     pub gid: u32,
 }
 
+impl NewInode {
+    /// A directory of mode 0755 owned by this process's effective user and group:
+    /// a cluster the daemon makes for a client of its API, where no kernel request
+    /// names a caller (so an unprivileged daemon's clusters are its user's).
+    pub fn dir_of_this_process() -> NewInode {
+        NewInode {
+            perm: 0o755,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+}
+
 struct Cluster {
     id: ClusterId,
     name: String,
