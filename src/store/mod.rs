@@ -27,12 +27,13 @@
 
 pub mod device;
 pub mod memdev;
+pub mod sparse;
 
 use crate::error::{Error, Result};
 pub use device::{MmapDevice, PageDevice};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub const MAGIC: &[u8; 8] = b"CLONEFS\0";
@@ -153,7 +154,7 @@ pub struct Store {
     path: PathBuf,
     page_size: usize,
     capacity: u64,
-    refs: Vec<AtomicU32>,
+    refs: sparse::Counts,
     alloc: Mutex<Allocator>,
     failed: AtomicBool,
     /// Tickets handed to callers of [`Store::sync_shared`], and what the syncs
@@ -293,7 +294,7 @@ impl Store {
             page_size: dev.page_size(),
             path: path.to_owned(),
             capacity,
-            refs: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            refs: sparse::Counts::new(capacity),
             alloc: Mutex::new(Allocator::new(capacity)),
             failed: AtomicBool::new(false),
             sync_tickets: AtomicU64::new(0),
@@ -392,16 +393,23 @@ impl Store {
     }
 
     pub fn refcount(&self, page: PageNo) -> u32 {
-        self.refs[page.0 as usize].load(Ordering::Acquire)
+        self.refs
+            .get(page.0)
+            .map_or(0, |r| r.load(Ordering::Acquire))
     }
 
     pub fn incref(&self, page: PageNo) {
-        self.refs[page.0 as usize].fetch_add(1, Ordering::AcqRel);
+        self.refs.entry(page.0).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops one reference and returns how many remain.
     pub fn decref(&self, page: PageNo) -> Result<u32> {
-        let r = &self.refs[page.0 as usize];
+        let Some(r) = self.refs.get(page.0) else {
+            return Err(Error::Corrupt {
+                page: page.0,
+                why: "reference count would go below zero".into(),
+            });
+        };
         let old = r.fetch_sub(1, Ordering::AcqRel);
         if old == 0 {
             r.store(0, Ordering::Release);
@@ -428,7 +436,7 @@ impl Store {
             return Err(e);
         }
         for p in start..start + n {
-            self.refs[p as usize].store(1, Ordering::Release);
+            self.refs.entry(p).store(1, Ordering::Release);
         }
         Ok((PageNo(start), n))
     }
@@ -456,19 +464,40 @@ impl Store {
     pub fn recount_done(&self) {
         let mut alloc = self.alloc.lock().unwrap();
         *alloc = Allocator::new(self.capacity);
-        let mut p = FIRST_DATA_PAGE;
-        while p < self.capacity {
-            if self.refs[p as usize].load(Ordering::Relaxed) == 0 {
-                let start = p;
-                while p < self.capacity && self.refs[p as usize].load(Ordering::Relaxed) == 0 {
-                    p += 1;
-                }
-                alloc.free.insert(start, p - start);
-                alloc.free_pages += p - start;
-            } else {
-                p += 1;
+        let mut run: Option<u64> = None;
+        let end_run = |alloc: &mut Allocator, run: &mut Option<u64>, at: u64| {
+            if let Some(start) = run.take() {
+                alloc.free.insert(start, at - start);
+                alloc.free_pages += at - start;
+            }
+        };
+        for (p, c) in self.each_count(FIRST_DATA_PAGE) {
+            match (c, run) {
+                (0, None) => run = Some(p),
+                (0, Some(_)) => {}
+                (_, _) => end_run(&mut alloc, &mut run, p),
             }
         }
+        end_run(&mut alloc, &mut run, self.capacity);
+    }
+
+    /// Every page's count from `first` on, in page order; a stretch never counted
+    /// comes as one zero at its start (so a caller sees runs, not every page).
+    fn each_count(&self, first: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let chunk = sparse::CHUNK;
+        (first / chunk..self.refs.chunk_count()).flat_map(move |k| {
+            let base = k * chunk;
+            let from = first.max(base);
+            let to = (base + chunk).min(self.capacity);
+            let counted = self.refs.chunk(k);
+            let pages: Box<dyn Iterator<Item = (u64, u32)>> = match counted {
+                None => Box::new(std::iter::once((from, 0))),
+                Some(c) => Box::new(
+                    (from..to).map(move |p| (p, c[(p - base) as usize].load(Ordering::Relaxed))),
+                ),
+            };
+            pages
+        })
     }
 
     /// Are more than `n` pages free outside the reserve?
@@ -542,10 +571,8 @@ impl Store {
 
     /// Every page with a non-zero count, for fsck.
     pub fn counts(&self) -> impl Iterator<Item = (PageNo, u32)> + '_ {
-        (FIRST_DATA_PAGE..self.capacity).filter_map(|p| {
-            let c = self.refs[p as usize].load(Ordering::Relaxed);
-            (c > 0).then_some((PageNo(p), c))
-        })
+        self.each_count(FIRST_DATA_PAGE)
+            .filter_map(|(p, c)| (c > 0).then_some((PageNo(p), c)))
     }
 }
 

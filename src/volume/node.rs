@@ -123,7 +123,7 @@ pub struct Engine {
     epoch: AtomicU64,
     deferred: Mutex<Vec<Deferred>>,
     dirty: Mutex<Vec<PageNo>>,
-    verified: Vec<AtomicU64>,
+    verified: crate::store::sparse::Bits,
     records: Records,
 }
 
@@ -137,7 +137,7 @@ impl Engine {
             epoch: AtomicU64::new(epoch),
             deferred: Mutex::new(Vec::new()),
             dirty: Mutex::new(Vec::new()),
-            verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            verified: crate::store::sparse::Bits::new(words),
             records,
             store,
         }
@@ -182,19 +182,22 @@ impl Engine {
     }
 
     fn set_verified(&self, p: PageNo, on: bool) {
-        let (w, b) = ((p.0 / 64) as usize, p.0 % 64);
+        let (w, b) = (p.0 / 64, p.0 % 64);
         if on {
-            self.verified[w].fetch_or(1 << b, Ordering::Relaxed);
-        } else {
-            self.verified[w].fetch_and(!(1 << b), Ordering::Relaxed);
+            self.verified.entry(w).fetch_or(1 << b, Ordering::Relaxed);
+        } else if let Some(word) = self.verified.get(w) {
+            word.fetch_and(!(1 << b), Ordering::Relaxed);
         }
     }
 
     fn is_verified(&self, p: PageNo) -> bool {
         // A page number beyond the store is never verified: reading it is an error.
-        self.verified
-            .get((p.0 / 64) as usize)
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (p.0 % 64)) != 0)
+        let w = p.0 / 64;
+        w < self.verified.len()
+            && self
+                .verified
+                .get(w)
+                .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (p.0 % 64)) != 0)
     }
 
     fn corrupt(p: PageNo, why: impl Into<String>) -> Error {
