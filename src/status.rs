@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::volume::{ClusterInfo, ClusterSpace, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The store a daemon serves, and its clusters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,17 @@ pub struct StatusDoc {
     pub capacity: u64,
     pub used: u64,
     pub free: u64,
+    /// The commit the clusters' space figures are of (None: not measured yet, and
+    /// every figure 0). They come from a background walk, so reading them never
+    /// holds a writer up; see `space_current`.
+    #[serde(default)]
+    pub space_generation: Option<u64>,
+    /// When those figures were measured (RFC 3339).
+    #[serde(default)]
+    pub space_as_of: Option<String>,
+    /// They are of the last commit and nothing changed since: the store's now.
+    #[serde(default)]
+    pub space_current: bool,
     pub clusters: Vec<ClusterStatus>,
 }
 
@@ -64,13 +75,18 @@ pub struct ClusterStatus {
     pub earliest_restorable: Option<String>,
 }
 
+/// How long a reader of space figures waits for a walk of the latest commit when
+/// walks are cheap; on a store whose walks are not (a large one), a reply comes
+/// at once with the previous figures (see [`Volume::space_report`]).
+pub const SPACE_WAIT: Duration = Duration::from_secs(2);
+
 /// A time as the documents give it: RFC 3339 in UTC, to the microsecond.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
 impl ClusterStatus {
-    /// A cluster's entry; `space` from [`Volume::space`] (None: not measured, zeros).
+    /// A cluster's entry; `space` from [`Volume::space_report`] (None: not measured, zeros).
     pub fn of(cl: ClusterInfo, space: Option<&ClusterSpace>) -> ClusterStatus {
         ClusterStatus {
             id: cl.id.0,
@@ -91,15 +107,21 @@ impl ClusterStatus {
 }
 
 impl StatusDoc {
-    /// The document for `vol`, served by this process. It walks every cluster's tree
-    /// for the space figures, so it costs as much as the store is large.
+    /// The document for `vol`, served by this process. Its space figures are the
+    /// latest of the volume's background walk ([`Volume::space_report`]): asking
+    /// costs no walk and holds no writer up, whatever the store holds.
     pub fn of(vol: &Volume) -> Result<StatusDoc> {
         let space = vol.statfs();
-        let mut sizes: HashMap<String, ClusterSpace> = vol
-            .space()?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
+        let report = vol.space_report(SPACE_WAIT);
+        let mut sizes: HashMap<String, ClusterSpace> = report
+            .as_ref()
+            .map(|r| {
+                r.clusters
+                    .iter()
+                    .map(|s| (s.name.clone(), s.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let clusters = vol
             .clusters()
             .into_iter()
@@ -115,6 +137,9 @@ impl StatusDoc {
             capacity: space.capacity,
             used: space.used,
             free: space.free,
+            space_generation: report.as_ref().map(|r| r.generation),
+            space_as_of: report.as_ref().map(|r| rfc3339(r.as_of)),
+            space_current: report.is_some_and(|r| r.current),
             clusters,
         })
     }
@@ -173,6 +198,9 @@ mod tests {
             capacity: 0,
             used: 0,
             free: 0,
+            space_generation: None,
+            space_as_of: None,
+            space_current: false,
             clusters: vec![],
         };
         assert!(doc.to_json().contains(r#""store": "a\"b\\c""#));

@@ -436,7 +436,18 @@ impl Harness {
                 self.model.remove(cl);
                 self.parents.remove(cl);
             }
-            Op::Sync => self.vol.commit().unwrap(),
+            Op::Sync => {
+                self.vol.commit().unwrap();
+                // The background walk of the commit's trees (what status shows)
+                // equals a walk of the live trees with writes held off.
+                let report = self.vol.space_report(Duration::from_secs(30)).unwrap();
+                assert!(report.current, "nothing changed since the commit");
+                let mut walked = report.clusters;
+                walked.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut live = self.vol.space().unwrap();
+                live.sort_by(|a, b| a.name.cmp(&b.name));
+                assert_eq!(walked, live);
+            }
             Op::Reopen => {
                 let points: Vec<_> = self
                     .vol
@@ -454,6 +465,10 @@ impl Harness {
                 self.vol = Volume::open_device(dev.clone(), Path::new("model"), false).unwrap();
                 self.vol.set_point_interval(Duration::ZERO);
                 self.dev = dev;
+                // The counts the close saved are exactly a recount of the trees.
+                assert!(self.vol.counts_were_saved());
+                let r = self.vol.fsck().unwrap();
+                assert!(r.is_clean(), "{r}");
                 let after: Vec<_> = self
                     .vol
                     .clusters()

@@ -244,18 +244,16 @@ fn time_field(field: &str, s: &str) -> Result<SystemTime, Reply> {
 
 fn cluster_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
     let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
-    let space = vol.space().map_err(|e| failed(name, e))?;
-    Ok(ClusterStatus::of(
-        info,
-        space.iter().find(|s| s.name == name),
-    ))
+    let report = vol.space_report(crate::status::SPACE_WAIT);
+    let space = report
+        .as_ref()
+        .and_then(|r| r.clusters.iter().find(|s| s.name == name));
+    Ok(ClusterStatus::of(info, space))
 }
 
 /// A cluster's entry in the reply to a change (create, clone, reset, patch): its
-/// lineage and settings, its space figures zero (not measured). Measuring them walks
-/// every tree in the store with writes held off: a clone or restore would cost as
-/// much as the whole store is large and stall every writer meanwhile. GET of the
-/// cluster measures them.
+/// lineage and settings, its space figures zero (the change is not yet in any
+/// commit the space walker has measured). GET of the cluster gives them.
 fn changed_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
     let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
     Ok(ClusterStatus::of(info, None))

@@ -92,6 +92,15 @@ pub fn clonefs_mount(mnt: &Path) -> Result<MountEntry, String> {
     }
 }
 
+/// Prints `text` on stdout; a reader that went away early (`| head`) is no error.
+pub fn print_out(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(format!("writing to stdout: {e}")),
+        _ => Ok(()),
+    }
+}
+
 /// Reads the mount's status document; errors say what the mount point is.
 pub fn read_status(mnt: &Path) -> Result<String, String> {
     let shown = mnt.display();

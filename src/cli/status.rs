@@ -4,7 +4,7 @@
 //! and lays it out. `--json` prints it untouched, so scripts see exactly what the
 //! daemon wrote; the table is for people and may change.
 
-use super::{absolute, human, init_logger, read_status, CliResult};
+use super::{absolute, human, init_logger, print_out, read_status, CliResult};
 use clonefs::status::StatusDoc;
 use std::path::Path;
 use std::process::ExitCode;
@@ -110,6 +110,23 @@ fn status_table(doc: &StatusDoc) -> String {
         human(doc.used),
         human(doc.free)
     ));
+    match (&doc.space_as_of, doc.space_current) {
+        (None, _) => out.push_str(
+            "space per cluster: being measured (it is shown as 0 until then; ask again)\n",
+        ),
+        (Some(_), true) => {}
+        (Some(t), false) => {
+            let secs = humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            out.push_str(&format!(
+                "space per cluster: as of {} (commit {}); later changes are measured in the background\n",
+                local_time(secs),
+                doc.space_generation.unwrap_or(0)
+            ));
+        }
+    }
     out
 }
 
@@ -126,11 +143,12 @@ pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
     init_logger("warn");
     let mnt = absolute(mountpoint)?;
     let doc = read_status(&mnt)?;
-    if as_json {
-        print!("{doc}");
+    let text = if as_json {
+        doc
     } else {
-        print!("{}", status_table(&parse_status(&doc)?));
-    }
+        status_table(&parse_status(&doc)?)
+    };
+    print_out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -154,11 +172,19 @@ mod tests {
         assert!(table.contains("prod"), "{table}");
         assert!(table.contains("64.0M"), "{table}");
         assert!(table.contains("4.0K"), "{table}");
-        assert!(table
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("store: capacity 1.0M, used 8.0K, free"));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("store: capacity 1.0M, used 8.0K, free")),
+            "{table}"
+        );
+        assert!(table.contains("being measured"), "{table}");
+        let mut measured = v.clone();
+        measured.space_generation = Some(7);
+        measured.space_as_of = Some("2026-12-01T02:00:00Z".into());
+        assert!(status_table(&measured).contains("(commit 7)"));
+        measured.space_current = true;
+        assert!(!status_table(&measured).contains("space per cluster"));
         assert!(parse_status("{\"a\": }").unwrap_err().contains("not JSON"));
         assert!(parse_status("[1, 2] x").is_err());
         assert!(parse_status("{\"pid\": 1}")

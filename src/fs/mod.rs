@@ -199,6 +199,8 @@ impl Filesystem for CloneFs {
             self.vol.cluster_count(),
             config.kernel_abi()
         );
+        // So that the first `status` finds figures.
+        self.vol.request_space_walk();
         Ok(())
     }
 

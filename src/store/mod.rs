@@ -15,15 +15,36 @@
 //! | 48 | 8 | next cluster id |
 //! | 56 | 8 | creation time (seconds since the epoch) |
 //! | 64 | 4 | CRC-32 of bytes 0..64 |
+//! | 72 | 8 | first page of the saved reference counts (0 = none) |
+//! | 80 | 8 | pages of the saved reference counts |
+//! | 88 | 4 | CRC-32 of bytes 72..88 |
 //!
 //! Pages 0 and 1 hold two copies; commit N writes copy N % 2, so a torn superblock
 //! write leaves the previous one intact. Open takes the valid copy with the higher
 //! generation.
 //!
-//! Reference counts live in memory only. They are derived state: at open the
-//! volume layer walks the committed trees once and counts every reference
-//! ([`Store::recount`]), so pages leaked by a crash are free again and no count can
-//! disagree with the trees after a crash. Free space is every page whose count is 0.
+//! Reference counts live in memory while the store is open. They are derived
+//! state: after a crash, open walks the committed trees once and counts every
+//! reference (the volume's recount), so pages leaked by a crash are free again and
+//! no count can disagree with the trees. A clean close saves them instead
+//! ([`Store::save_counts`]): the last commit's superblock names a run of pages
+//! holding every page's count, run-length encoded, and the next open reads those
+//! pages rather than every tree, so a clean open costs what the counts' runs take
+//! (they follow fragmentation, not data). The saved counts belong to that one
+//! superblock: the first commit after the open writes a superblock without them
+//! and frees their pages, so a crash later recounts. An older clonefs ignores the
+//! extension (bytes 72..92 of the superblock page) and recounts. Free space is
+//! every page whose count is 0.
+//!
+//! A page of saved counts:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 8 | magic `b"CFCOUNT\0"` |
+//! | 8  | 8 | the page's own number |
+//! | 16 | 4 | runs in this page |
+//! | 20 | 4 | CRC-32 of the page with this field zeroed |
+//! | 24 | 8 each | runs: pages (u32), their count (u32), from page 2 to the end |
 
 pub mod device;
 pub mod memdev;
@@ -48,7 +69,10 @@ pub const MIN_PAGE_SIZE: usize = 4096;
 pub const MAX_PAGE_SIZE: usize = 65536;
 /// Pages 0 and 1 hold the superblocks.
 pub const FIRST_DATA_PAGE: u64 = 2;
-const SB_BYTES: usize = 68;
+const SB_BYTES: usize = 92;
+const COUNTS_MAGIC: &[u8; 8] = b"CFCOUNT\0";
+/// The header of a page of saved counts.
+const COUNTS_HEADER: usize = 24;
 /// The smallest reserve of pages kept for operations that free space.
 const RESERVE_MIN: u64 = 48;
 
@@ -79,6 +103,15 @@ pub struct Superblock {
     pub catalog_height: u32,
     pub next_cluster_id: u64,
     pub created: u64,
+    /// The reference counts as of this commit, saved by a clean close.
+    pub counts: Option<CountMap>,
+}
+
+/// Where a store at rest saved its reference counts: `pages` pages from `first`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountMap {
+    pub first: PageNo,
+    pub pages: u64,
 }
 
 impl Superblock {
@@ -95,6 +128,12 @@ impl Superblock {
         b[56..64].copy_from_slice(&self.created.to_le_bytes());
         let crc = crc32fast::hash(&b[0..64]);
         b[64..68].copy_from_slice(&crc.to_le_bytes());
+        if let Some(m) = self.counts {
+            b[72..80].copy_from_slice(&m.first.0.to_le_bytes());
+            b[80..88].copy_from_slice(&m.pages.to_le_bytes());
+            let crc = crc32fast::hash(&b[72..88]);
+            b[88..92].copy_from_slice(&crc.to_le_bytes());
+        }
         b
     }
 
@@ -132,6 +171,12 @@ impl Superblock {
             catalog_height: u32_at(40),
             next_cluster_id: u64_at(48),
             created: u64_at(56),
+            counts: (u32_at(88) == crc32fast::hash(&b[72..88]) && u64_at(72) != 0).then(|| {
+                CountMap {
+                    first: PageNo(u64_at(72)),
+                    pages: u64_at(80),
+                }
+            }),
         })
     }
 }
@@ -257,6 +302,7 @@ impl Store {
             catalog_height: 0,
             next_cluster_id: 1,
             created: now,
+            counts: None,
         };
         dev.allocate(0, FIRST_DATA_PAGE)?;
         dev.write(1, 0, &sb.encode(ps))?;
@@ -459,45 +505,201 @@ impl Store {
         }
     }
 
-    /// After the volume layer has counted every reference of the committed trees,
-    /// every page with count 0 becomes free.
+    /// After the volume layer has counted every reference of the committed trees (or
+    /// the saved counts were loaded), every page with count 0 becomes free.
     pub fn recount_done(&self) {
         let mut alloc = self.alloc.lock().unwrap();
         *alloc = Allocator::new(self.capacity);
-        let mut run: Option<u64> = None;
-        let end_run = |alloc: &mut Allocator, run: &mut Option<u64>, at: u64| {
-            if let Some(start) = run.take() {
-                alloc.free.insert(start, at - start);
-                alloc.free_pages += at - start;
-            }
-        };
-        for (p, c) in self.each_count(FIRST_DATA_PAGE) {
-            match (c, run) {
-                (0, None) => run = Some(p),
-                (0, Some(_)) => {}
-                (_, _) => end_run(&mut alloc, &mut run, p),
+        for (start, len, count) in self.count_runs() {
+            if count == 0 {
+                alloc.free.insert(start, len);
+                alloc.free_pages += len;
             }
         }
-        end_run(&mut alloc, &mut run, self.capacity);
     }
 
-    /// Every page's count from `first` on, in page order; a stretch never counted
-    /// comes as one zero at its start (so a caller sees runs, not every page).
-    fn each_count(&self, first: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+    /// Every page's count from the first data page on, as maximal runs of equal
+    /// counts: (first page, pages, count). A stretch never counted is one run.
+    fn count_runs(&self) -> Vec<(u64, u64, u32)> {
+        let mut runs: Vec<(u64, u64, u32)> = Vec::new();
+        let mut add = |start: u64, len: u64, count: u32| match runs.last_mut() {
+            Some((_, l, c)) if *c == count => *l += len,
+            _ => runs.push((start, len, count)),
+        };
         let chunk = sparse::CHUNK;
-        (first / chunk..self.refs.chunk_count()).flat_map(move |k| {
+        for k in FIRST_DATA_PAGE / chunk..self.refs.chunk_count() {
             let base = k * chunk;
-            let from = first.max(base);
+            let from = FIRST_DATA_PAGE.max(base);
             let to = (base + chunk).min(self.capacity);
-            let counted = self.refs.chunk(k);
-            let pages: Box<dyn Iterator<Item = (u64, u32)>> = match counted {
-                None => Box::new(std::iter::once((from, 0))),
-                Some(c) => Box::new(
-                    (from..to).map(move |p| (p, c[(p - base) as usize].load(Ordering::Relaxed))),
-                ),
+            match self.refs.chunk(k) {
+                None => add(from, to - from, 0),
+                Some(c) => {
+                    for p in from..to {
+                        add(p, 1, c[(p - base) as usize].load(Ordering::Relaxed));
+                    }
+                }
+            }
+        }
+        runs
+    }
+
+    /// Saves every page's count in pages of the store, for a clean close: the
+    /// caller names them in its last superblock ([`Superblock::counts`]) and
+    /// changes nothing after. The pages hold a count of 1 each, in the saved
+    /// counts too; the next open frees them once its first commit no longer names
+    /// them. `None` when the store has no run of free pages to hold them (the next
+    /// open recounts).
+    pub fn save_counts(&self) -> Result<Option<CountMap>> {
+        let per = ((self.page_size - COUNTS_HEADER) / 8) as u64;
+        let pages_for = |runs: &[(u64, u64, u32)]| -> u64 {
+            let entries: u64 = runs.iter().map(|r| r.1.div_ceil(u32::MAX as u64)).sum();
+            entries.div_ceil(per).max(1)
+        };
+        let mut want = pages_for(&self.count_runs()) + 1;
+        for _ in 0..3 {
+            let Ok((first, got)) = self.allocate(want, true) else {
+                return Ok(None);
             };
-            pages
-        })
+            let runs = self.count_runs();
+            if pages_for(&runs) <= got {
+                self.write_counts(first, got, &runs)?;
+                return Ok(Some(CountMap { first, pages: got }));
+            }
+            // Too short a run of free pages (or the map grew by these): try longer.
+            want = pages_for(&runs) + 1;
+            let mut pages: Vec<PageNo> = (first.0..first.0 + got).map(PageNo).collect();
+            for &p in &pages {
+                self.decref(p)?;
+            }
+            self.release(&mut pages);
+        }
+        Ok(None)
+    }
+
+    fn write_counts(&self, first: PageNo, pages: u64, runs: &[(u64, u64, u32)]) -> Result<()> {
+        let per = (self.page_size - COUNTS_HEADER) / 8;
+        let mut entries = runs.iter().flat_map(|&(_, len, count)| {
+            let max = u32::MAX as u64;
+            (0..len.div_ceil(max)).map(move |k| ((len - k * max).min(max) as u32, count))
+        });
+        let mut b = vec![0u8; self.page_size];
+        for p in first.0..first.0 + pages {
+            b.fill(0);
+            b[0..8].copy_from_slice(COUNTS_MAGIC);
+            b[8..16].copy_from_slice(&p.to_le_bytes());
+            let mut n = 0;
+            for (slot, (len, count)) in b[COUNTS_HEADER..]
+                .chunks_exact_mut(8)
+                .zip(entries.by_ref().take(per))
+            {
+                slot[0..4].copy_from_slice(&len.to_le_bytes());
+                slot[4..8].copy_from_slice(&count.to_le_bytes());
+                n += 1;
+            }
+            b[16..20].copy_from_slice(&(n as u32).to_le_bytes());
+            let crc = counts_checksum(&b);
+            b[20..24].copy_from_slice(&crc.to_le_bytes());
+            self.write(PageNo(p), 0, &b)?;
+        }
+        Ok(())
+    }
+
+    /// The saved counts `map` names, as runs of (pages, count) from the first data
+    /// page; or why they cannot be used (torn, overwritten, not covering the store).
+    pub fn read_counts(&self, map: CountMap) -> std::result::Result<Vec<(u64, u32)>, String> {
+        let end = map.first.0.checked_add(map.pages);
+        if map.first.0 < FIRST_DATA_PAGE || end.is_none_or(|e| e > self.capacity) {
+            return Err(format!(
+                "pages {}+{} lie outside the store",
+                map.first, map.pages
+            ));
+        }
+        let mut runs = Vec::new();
+        let mut covered = 0u64;
+        let mut b = vec![0u8; self.page_size];
+        for p in map.first.0..map.first.0 + map.pages {
+            self.dev
+                .read(p, 0, &mut b)
+                .map_err(|e| format!("page {p}: {e}"))?;
+            let stored = u32::from_le_bytes(b[20..24].try_into().unwrap());
+            if &b[0..8] != COUNTS_MAGIC
+                || u64::from_le_bytes(b[8..16].try_into().unwrap()) != p
+                || stored != counts_checksum(&b)
+            {
+                return Err(format!("page {p} is not an intact page of counts"));
+            }
+            let n = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+            if COUNTS_HEADER + 8 * n > self.page_size {
+                return Err(format!("page {p} claims {n} runs"));
+            }
+            for e in b[COUNTS_HEADER..COUNTS_HEADER + 8 * n].chunks_exact(8) {
+                let len = u32::from_le_bytes(e[0..4].try_into().unwrap()) as u64;
+                let count = u32::from_le_bytes(e[4..8].try_into().unwrap());
+                covered += len;
+                runs.push((len, count));
+            }
+        }
+        if covered != self.capacity - FIRST_DATA_PAGE {
+            return Err(format!(
+                "they cover {covered} pages, the store has {}",
+                self.capacity - FIRST_DATA_PAGE
+            ));
+        }
+        Ok(runs)
+    }
+
+    /// Where the saved counts `map` disagree with the counts held now (a recount),
+    /// the first `limit` pages as (page, saved, now). The map's own pages hold 1
+    /// in it and nothing in the trees: they are not differences.
+    pub fn saved_counts_differ(
+        &self,
+        map: CountMap,
+        limit: usize,
+    ) -> std::result::Result<Vec<(u64, u32, u32)>, String> {
+        let own = map.first.0..map.first.0 + map.pages;
+        let mut saved = self.read_counts(map)?.into_iter();
+        let mut now = self.count_runs().into_iter();
+        let (mut s, mut n) = (saved.next(), now.next().map(|r| (r.1, r.2)));
+        let mut page = FIRST_DATA_PAGE;
+        let mut out = Vec::new();
+        while let (Some((sl, sc)), Some((nl, nc))) = (s, n) {
+            let step = sl.min(nl);
+            if sc != nc {
+                for p in page..page + step {
+                    if out.len() < limit && !(own.contains(&p) && sc == 1 && nc == 0) {
+                        out.push((p, sc, nc));
+                    }
+                }
+            }
+            page += step;
+            s = if sl > step {
+                Some((sl - step, sc))
+            } else {
+                saved.next()
+            };
+            n = if nl > step {
+                Some((nl - step, nc))
+            } else {
+                now.next().map(|r| (r.1, r.2))
+            };
+        }
+        Ok(out)
+    }
+
+    /// Takes the saved counts `map` names as every page's count; the counts must
+    /// all be zero still. On an error nothing was changed (the caller recounts).
+    pub fn load_counts(&self, map: CountMap) -> std::result::Result<(), String> {
+        let runs = self.read_counts(map)?;
+        let mut p = FIRST_DATA_PAGE;
+        for (len, count) in runs {
+            if count != 0 {
+                for q in p..p + len {
+                    self.refs.entry(q).store(count, Ordering::Relaxed);
+                }
+            }
+            p += len;
+        }
+        Ok(())
     }
 
     /// Are more than `n` pages free outside the reserve?
@@ -571,9 +773,19 @@ impl Store {
 
     /// Every page with a non-zero count, for fsck.
     pub fn counts(&self) -> impl Iterator<Item = (PageNo, u32)> + '_ {
-        self.each_count(FIRST_DATA_PAGE)
-            .filter_map(|(p, c)| (c > 0).then_some((PageNo(p), c)))
+        self.count_runs()
+            .into_iter()
+            .filter(|r| r.2 > 0)
+            .flat_map(|(start, len, count)| (start..start + len).map(move |p| (PageNo(p), count)))
     }
+}
+
+fn counts_checksum(page: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&page[..20]);
+    h.update(&[0; 4]);
+    h.update(&page[24..]);
+    h.finalize()
 }
 
 #[cfg(test)]

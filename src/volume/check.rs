@@ -32,12 +32,14 @@ impl Volume {
                 (c.name.clone(), c.state.read().unwrap().itable, points)
             })
             .collect();
-        space(&self.eng, &trees)
+        Ok(space(&self.eng, &trees, &|| true)?.expect("a walk that never stops early"))
     }
 
     /// Checks every tree and every reference count; see [`FsckReport`].
     pub fn fsck(&self) -> Result<FsckReport> {
         for _ in 0..10 {
+            // A space walk holds drops back, which fsck would see as leaks.
+            self.cancel_space_walk();
             self.commit()?;
             self.commit()?;
             let gate = self.gate.write().unwrap();
@@ -52,12 +54,39 @@ impl Volume {
                         (c.name.clone(), st.itable, st.next_ino, st.orphans)
                     })
                     .collect();
-                let r = fsck(&self.eng, cs.tree, &clusters, !self.read_only);
+                let mut r = fsck(&self.eng, cs.tree, &clusters, !self.read_only);
+                if let Ok(r) = &mut r {
+                    self.check_saved_counts(r);
+                }
                 drop(gate);
                 return r;
             }
         }
         Err(Error::InvalidArgument("the store is too busy to check"))
+    }
+}
+
+impl Volume {
+    /// A store closed cleanly names the counts it saved; a check (which recounts
+    /// at open) compares them with its recount: the next mount will trust them.
+    fn check_saved_counts(&self, r: &mut FsckReport) {
+        let Some(map) = self.saved_counts.filter(|_| self.read_only) else {
+            return;
+        };
+        match self.eng.store.saved_counts_differ(map, 10) {
+            Err(why) => r.notes.push(format!(
+                "the reference counts saved at the last close are unusable ({why}): \
+                 the next mount recounts"
+            )),
+            Ok(diffs) => {
+                for (p, saved, now) in diffs {
+                    r.problems.push(format!(
+                        "page {p}: the counts saved at the last close say {saved}, \
+                         the trees hold {now} references"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -141,7 +170,12 @@ pub fn inodes(eng: &Engine, itable: Tree) -> Result<Vec<(Ino, Inode)>> {
 /// Per cluster (its live tree and its restore points' trees): pages its live tree
 /// reaches, of those the ones another cluster reaches too, and pages only its
 /// restore points reach.
-pub fn space(eng: &Engine, clusters: &[(String, Tree, Vec<Tree>)]) -> Result<Vec<ClusterSpace>> {
+/// `None` if `keep_going` said no on the way (it is asked every few thousand pages).
+pub fn space(
+    eng: &Engine,
+    clusters: &[(String, Tree, Vec<Tree>)],
+    keep_going: &dyn Fn() -> bool,
+) -> Result<Option<Vec<ClusterSpace>>> {
     /// A page reached by two clusters.
     const SHARED: usize = usize::MAX;
     // page -> (the one cluster reaching it, or SHARED; whether its live tree does).
@@ -155,6 +189,9 @@ pub fn space(eng: &Engine, clusters: &[(String, Tree, Vec<Tree>)]) -> Result<Vec
             }
             let mut stack = vec![(t.root, Some(NodeKind::RadixInodes))];
             while let Some((p, kind)) = stack.pop() {
+                if owner.len().is_multiple_of(4096) && !keep_going() {
+                    return Ok(None);
+                }
                 let descend = match owner.get(&p.0).copied() {
                     None => {
                         owner.insert(p.0, (c, is_live));
@@ -189,7 +226,7 @@ pub fn space(eng: &Engine, clusters: &[(String, Tree, Vec<Tree>)]) -> Result<Vec
         }
     }
     let mut memo = HashMap::new();
-    clusters
+    let figures = clusters
         .iter()
         .enumerate()
         .map(|(c, (name, t, _))| {
@@ -206,7 +243,8 @@ pub fn space(eng: &Engine, clusters: &[(String, Tree, Vec<Tree>)]) -> Result<Vec
                 restore_only: restore_only[c],
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Some(figures))
 }
 
 fn subtree_pages(

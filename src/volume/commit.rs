@@ -13,8 +13,9 @@
 
 use super::catalog::{self};
 use super::node::NodeKind;
-use super::Volume;
+use super::{Catalog, CommitState, Volume};
 use crate::error::{Error, Result};
+use crate::store::{CountMap, Superblock};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard, Weak};
 use std::time::Duration;
@@ -157,15 +158,7 @@ impl Volume {
                     cl.dirty.store(false, Ordering::Release);
                 }
             }
-            let sb = crate::store::Superblock {
-                page_size: self.eng.ps as u32,
-                capacity_pages: self.eng.store.capacity_pages(),
-                generation: self.eng.epoch(),
-                catalog_root: cs.tree.root,
-                catalog_height: cs.tree.height as u32,
-                next_cluster_id: cat.next_id,
-                created: cs.created,
-            };
+            let sb = self.superblock(&cs, &cat, None);
             let (d, w) = self.eng.seal_epoch();
             (sb, d, w)
         };
@@ -189,6 +182,54 @@ impl Volume {
                 .retain(|_, e| *e > sb.generation);
         }
         self.eng.apply_deferred(deferred)
+    }
+
+    /// The superblock that commits the current epoch with catalog `cs.tree`.
+    fn superblock(&self, cs: &CommitState, cat: &Catalog, counts: Option<CountMap>) -> Superblock {
+        Superblock {
+            page_size: self.eng.ps as u32,
+            capacity_pages: self.eng.store.capacity_pages(),
+            generation: self.eng.epoch(),
+            catalog_root: cs.tree.root,
+            catalog_height: cs.tree.height as u32,
+            next_cluster_id: cat.next_id,
+            created: cs.created,
+            counts,
+        }
+    }
+
+    /// For a store at rest (nothing changed since the last commit, nothing will
+    /// before it closes): saves every reference count in the store and commits a
+    /// superblock naming them, so the next open reads them instead of recounting
+    /// every tree. Does nothing if a change slipped in, or the store has no room
+    /// for them; the next open then recounts, as after a crash.
+    pub(super) fn commit_at_rest(&self) -> Result<()> {
+        let cs = self.commit.lock().unwrap();
+        let _gate = self.gate.write().unwrap();
+        let cat = self.catalog.read().unwrap();
+        if self.eng.has_pending() || self.any_dirty() || self.times_waited(Duration::ZERO) {
+            log::warn!("the store changed while closing: its counts are not saved");
+            return Ok(());
+        }
+        if self.eng.counts_suspect.load(Ordering::Relaxed) {
+            log::warn!("a damaged page was freed: the next open recounts every reference");
+            return Ok(());
+        }
+        let Some(map) = self.eng.store.save_counts()? else {
+            log::warn!("no run of free pages to save the reference counts in");
+            return Ok(());
+        };
+        let sb = self.superblock(&cs, &cat, Some(map));
+        self.eng.seal_epoch();
+        self.eng.store.sync()?;
+        self.eng.store.commit(&sb)?;
+        self.durable.store(sb.generation, Ordering::Release);
+        log::info!(
+            "saved the reference counts in {} pages at {}",
+            map.pages,
+            map.first
+        );
+        Ok(())
     }
 
     pub(super) fn change(&self) -> Result<RwLockReadGuard<'_, ()>> {
@@ -216,10 +257,13 @@ impl Volume {
             match f() {
                 Err(Error::NoSpace) if commits < 2 && self.eng.has_pending() => {
                     commits += 1;
+                    // A space walk holds drops back: the writer needs them now.
+                    self.cancel_space_walk();
                     self.commit()?
                 }
                 Err(Error::NoSpace) if self.shed_points()? => {
                     commits = 0;
+                    self.cancel_space_walk();
                     self.commit()?
                 }
                 r => return r,

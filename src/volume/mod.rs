@@ -15,6 +15,7 @@
 //! | `xattr.rs` | extended attributes |
 //! | `restore.rs` | restore points, restore to a time, reset, protection, expiry |
 //! | `check.rs` | space per cluster, fsck, the recount walks |
+//! | `space.rs` | space figures from a background walk of the last commit's trees |
 //! | `node.rs` | the tree engine: pages, radix trees, copy-on-write, lazy counts |
 //! | `inode.rs`, `dir.rs`, `catalog.rs` | the records in the trees' leaves |
 //!
@@ -53,6 +54,7 @@ mod op;
 mod open;
 mod ranges;
 mod restore;
+mod space;
 mod write;
 mod xattr;
 
@@ -64,6 +66,7 @@ use node::{Engine, RecordFormat, Records, Tree};
 pub use restore::{
     parse_duration, parse_time, CloneOptions, ResetTo, Restorable, DEFAULT_RETENTION,
 };
+pub use space::SpaceReport;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -261,9 +264,17 @@ pub struct Volume {
     watchers: Mutex<Vec<crossbeam::channel::Sender<Event>>>,
     /// At most one restore point per cluster in this many ns.
     point_interval: AtomicU64,
+    /// Its reference counts came from those a clean close saved, not a recount.
+    counts_were_saved: bool,
+    /// The counts the superblock it opened names (fsck checks them).
+    saved_counts: Option<crate::store::CountMap>,
+    /// The space walker's figures and requests.
+    space: space::SpaceShared,
 }
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_restore;
+#[cfg(test)]
+mod tests_scale;

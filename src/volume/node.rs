@@ -28,7 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::{PageNo, Store};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub const HEADER: usize = 32;
@@ -107,6 +107,33 @@ impl Tree {
 /// A reference a page holds: the child and its node kind (None: a data page).
 pub type Child = (PageNo, Option<NodeKind>);
 
+/// While a walk of committed trees runs ([`Engine::pin`]), the drops of durable
+/// commits wait here, so that no page those trees reach is freed and reused under it.
+#[derive(Default)]
+struct Pins {
+    walks: usize,
+    held: Vec<Deferred>,
+}
+
+/// Holds back reference drops while it lives (see [`Engine::pin`]).
+pub struct Pin<'a>(&'a Engine);
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let held = {
+            let mut pins = self.0.pins.lock().unwrap();
+            pins.walks -= 1;
+            if pins.walks > 0 {
+                return;
+            }
+            std::mem::take(&mut pins.held)
+        };
+        if let Err(e) = self.0.apply_now(held) {
+            log::error!("applying reference drops held back by a walk: {e}");
+        }
+    }
+}
+
 /// A change to a reference count that waits for the next durable commit.
 #[derive(Clone, Copy, Debug)]
 pub enum Deferred {
@@ -122,6 +149,11 @@ pub struct Engine {
     pub fanout: u64,
     epoch: AtomicU64,
     deferred: Mutex<Vec<Deferred>>,
+    /// Walks of committed trees under way, and the drops they hold back.
+    pins: Mutex<Pins>,
+    /// A page was freed without its children (it failed its checks): the counts
+    /// may hold leaks, so they must not be saved for the next open.
+    pub counts_suspect: AtomicBool,
     dirty: Mutex<Vec<PageNo>>,
     verified: crate::store::sparse::Bits,
     records: Records,
@@ -136,6 +168,8 @@ impl Engine {
             ps,
             epoch: AtomicU64::new(epoch),
             deferred: Mutex::new(Vec::new()),
+            pins: Mutex::default(),
+            counts_suspect: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
             verified: crate::store::sparse::Bits::new(words),
             records,
@@ -173,8 +207,22 @@ impl Engine {
         self.dirty.lock().unwrap().extend(written);
     }
 
+    /// Has anything not reached the store's counts yet: drops of this epoch or of
+    /// sealed ones held back by a walk, or checksums to write?
     pub fn has_pending(&self) -> bool {
-        !self.deferred.lock().unwrap().is_empty() || !self.dirty.lock().unwrap().is_empty()
+        !self.deferred.lock().unwrap().is_empty()
+            || !self.dirty.lock().unwrap().is_empty()
+            || !self.pins.lock().unwrap().held.is_empty()
+    }
+
+    /// Keeps every page of the trees of the last durable commit as it is until the
+    /// pin is dropped: drops of later commits wait, and a page with a count of 1
+    /// born before this epoch is copied, never changed in place. The caller takes it
+    /// under the commit lock, so "the last durable commit" cannot move meanwhile.
+    /// Data pages may still be overwritten in place; the walker reads only nodes.
+    pub fn pin(&self) -> Pin<'_> {
+        self.pins.lock().unwrap().walks += 1;
+        Pin(self)
     }
 
     pub fn defer(&self, d: Deferred) {
@@ -668,8 +716,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a sealed epoch's deferred list once its commit is durable.
+    /// Applies a sealed epoch's deferred list once its commit is durable (or holds
+    /// it back while a walk has the trees pinned).
     pub fn apply_deferred(&self, list: Vec<Deferred>) -> Result<()> {
+        {
+            let mut pins = self.pins.lock().unwrap();
+            if pins.walks > 0 {
+                pins.held.extend(list);
+                return Ok(());
+            }
+        }
+        self.apply_now(list)
+    }
+
+    fn apply_now(&self, list: Vec<Deferred>) -> Result<()> {
         let mut stack = list;
         let mut freed = Vec::new();
         while let Some(d) = stack.pop() {
@@ -693,10 +753,19 @@ impl Engine {
                                 .into_iter()
                                 .map(|(c, k)| Deferred::Dec(c, k.is_some())),
                         ),
-                        // The mount's recount does not descend a node that fails its
-                        // checks, so its children hold no count from it: free it
-                        // alone rather than fail a commit that is already durable.
-                        Err(e) => log::error!("freeing page {p} without its children: {e}"),
+                        // A recount does not descend a node that fails its checks, so
+                        // its children hold no count from it; but counts saved at a
+                        // clean close predate damage done at rest, and then its
+                        // children stay counted: they leak until a recount, which
+                        // the next open does (`counts_suspect`). Free the node alone
+                        // rather than fail a commit that is already durable.
+                        Err(e) => {
+                            self.counts_suspect.store(true, Ordering::Relaxed);
+                            log::error!(
+                                "freeing page {p} without its children (they stay \
+                                 allocated until the store is next mounted): {e}"
+                            )
+                        }
                     }
                 }
                 self.set_verified(p, false);

@@ -1,19 +1,20 @@
 //! Making a store, opening it, and closing it.
 //!
-//! Opening recounts every reference from the committed trees (the counts live in
-//! memory, see `check::recount`), loads the catalog, frees the inodes a crash left
-//! orphaned (unlinked while open) and starts the commit timer; a store opened
+//! Opening takes the reference counts a clean close saved, or recounts every
+//! reference from the committed trees (see `check::recount`); then it loads the
+//! catalog, frees the inodes a crash left orphaned (unlinked while open) and starts the commit timer; a store opened
 //! read-only (fsck) writes nothing and starts no timer. `close` commits twice, so
 //! the first commit's deferred frees are applied and the store's counts match its
-//! trees at rest.
+//! trees at rest, and then saves those counts (`Volume::commit_at_rest`): the next
+//! open reads them instead of recounting, unless a crash came between.
 
 use super::catalog::{RecordKind, Slot};
 use super::check;
-use super::node::{Engine, Tree};
+use super::node::{Deferred, Engine, Tree};
 use super::{Catalog, Cluster, CommitState, Volume, RECORDS};
 use crate::error::{Error, Result};
 use crate::store::memdev::MemDevice;
-use crate::store::{MmapDevice, PageDevice, Store};
+use crate::store::{MmapDevice, PageDevice, PageNo, Store};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -79,8 +80,26 @@ impl Volume {
             root: sb.catalog_root,
             height: sb.catalog_height as u8,
         };
-        check::recount(&eng, cat_tree)?;
+        let saved = sb.counts.filter(|_| !read_only);
+        let loaded = saved.and_then(|map| match eng.store.load_counts(map) {
+            Ok(()) => Some(map),
+            Err(why) => {
+                log::warn!(
+                    "the reference counts saved at the last close are unusable ({why}): recounting"
+                );
+                None
+            }
+        });
+        if loaded.is_none() {
+            check::recount(&eng, cat_tree)?;
+        }
         eng.store.recount_done();
+        if let Some(map) = loaded {
+            // Their pages go at the first commit, which no longer names them.
+            for p in map.first.0..map.first.0 + map.pages {
+                eng.defer(Deferred::Dec(PageNo(p), false));
+            }
+        }
         let mut catalog = Catalog {
             next_id: sb.next_cluster_id,
             ..Default::default()
@@ -138,11 +157,15 @@ impl Volume {
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             watchers: Mutex::default(),
             point_interval: AtomicU64::new(super::restore::POINT_INTERVAL.as_nanos() as u64),
+            counts_were_saved: loaded.is_some(),
+            saved_counts: sb.counts,
+            space: Default::default(),
         });
         if !read_only {
             vol.free_orphans()?;
             vol.commit()?;
             Self::start_timer(&vol);
+            Self::start_space_walker(&vol);
         }
         Ok(vol)
     }
@@ -168,13 +191,21 @@ impl Volume {
     /// Commits everything and stops the commit timer: a clean shutdown.
     pub fn close(&self) -> Result<()> {
         self.stop_timer();
+        self.stop_space_walker(true);
         if self.read_only {
             return Ok(());
         }
         self.commit()?;
         // A second commit applies the first one's deferred frees, so the store's
-        // counts match its trees at rest.
-        self.commit()
+        // counts match its trees at rest; then they are saved for the next open.
+        self.commit()?;
+        self.commit_at_rest()
+    }
+
+    /// Did this open take the reference counts a clean close saved (rather than
+    /// recount them from every tree)?
+    pub fn counts_were_saved(&self) -> bool {
+        self.counts_were_saved
     }
 
     pub fn page_size(&self) -> usize {
@@ -189,6 +220,7 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         self.stop_timer();
+        self.stop_space_walker(false);
     }
 }
 

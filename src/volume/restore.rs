@@ -603,9 +603,8 @@ impl Volume {
             (p.first().map(|p| p.created), p.len())
         };
         let restore_only = self
-            .space()?
-            .into_iter()
-            .find(|s| s.name == name)
+            .space_report(crate::status::SPACE_WAIT)
+            .and_then(|r| r.clusters.into_iter().find(|s| s.name == name))
             .map_or(0, |s| s.restore_only);
         Ok(Restorable {
             earliest: earliest.map(inode::to_system_time),
