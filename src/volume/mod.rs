@@ -266,4 +266,6 @@ pub struct Volume {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fsck;
+#[cfg(test)]
 mod tests_restore;
