@@ -268,4 +268,6 @@ mod tests;
 #[cfg(test)]
 mod tests_fsck;
 #[cfg(test)]
+mod tests_fsck_reference;
+#[cfg(test)]
 mod tests_restore;
