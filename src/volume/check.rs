@@ -41,9 +41,9 @@ impl Volume {
         self.fsck_with_progress(&|_| {})
     }
 
-    /// As [`Volume::fsck`], telling `progress` how many pages it has checked so far
-    /// (a few times a second on a large store).
-    pub fn fsck_with_progress(&self, progress: &dyn Fn(u64)) -> Result<FsckReport> {
+    /// As [`Volume::fsck`], telling `progress` where it is, every few thousand pages
+    /// and after each inode table.
+    pub fn fsck_with_progress(&self, progress: &dyn Fn(FsckProgress)) -> Result<FsckReport> {
         for _ in 0..10 {
             self.commit()?;
             self.commit()?;
@@ -278,10 +278,21 @@ impl std::fmt::Display for FsckReport {
     }
 }
 
+/// Where a running fsck is: first it walks every page the trees reach, then it
+/// checks each distinct inode table (clusters that share their root share it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsckProgress {
+    /// Pages walked so far (each page once, however many trees reach it).
+    pub pages: u64,
+    /// Inode tables checked, of how many (0 of 0 until the walk is done).
+    pub tables: usize,
+    pub of_tables: usize,
+}
+
 /// Checks a quiescent store: every node's checksum and header, every reference
 /// count against the references the trees hold, free space against use, and each
-/// cluster's directories against its inodes. `progress` hears how many pages have
-/// been checked, now and then.
+/// cluster's directories against its inodes. `progress` hears where it is, now and
+/// then.
 ///
 /// Clones share pages, so the check reads each page once however many trees reach
 /// it: the reference walk visits each page once, and the per-cluster checks keep
@@ -291,7 +302,7 @@ pub fn fsck(
     catalog: Tree,
     clusters: &[(String, Tree, u64, u64)],
     live: bool,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(FsckProgress),
 ) -> Result<FsckReport> {
     let mut r = FsckReport {
         clusters: clusters.len(),
@@ -322,7 +333,10 @@ pub fn fsck(
         reached[w] |= bit;
         walked += 1;
         if walked.is_multiple_of(PROGRESS_EVERY) {
-            progress(walked);
+            progress(FsckProgress {
+                pages: walked,
+                ..Default::default()
+            });
         }
         if let Some(k) = kind {
             match eng.read_node(p, k) {
@@ -331,7 +345,6 @@ pub fn fsck(
             }
         }
     }
-    progress(walked);
     r.pages = walked;
     for (w, &bits) in reached.iter().enumerate() {
         let mut bits = bits;
@@ -369,6 +382,16 @@ pub fn fsck(
         .collect();
     let mut seen_roots = HashSet::new();
     let mut shared = Shared::default();
+    let mut at = FsckProgress {
+        pages: walked,
+        tables: 0,
+        of_tables: clusters
+            .iter()
+            .map(|c| c.1.root)
+            .collect::<HashSet<_>>()
+            .len(),
+    };
+    progress(at);
     for (name, itable, next_ino, orphans) in clusters {
         if committed.get(name) != Some(itable) {
             r.problems.push(format!(
@@ -382,6 +405,8 @@ pub fn fsck(
             Ok(n) => r.inodes += n,
             Err(e) => r.problems.push(format!("cluster {name}: {e}")),
         }
+        at.tables += 1;
+        progress(at);
     }
     Ok(r)
 }

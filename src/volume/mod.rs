@@ -57,7 +57,7 @@ mod write;
 mod xattr;
 
 use catalog::{Record, Settings};
-pub use check::FsckReport;
+pub use check::{FsckProgress, FsckReport};
 use dir::DirIndex;
 pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
 use node::{Engine, RecordFormat, Records, Tree};
