@@ -178,7 +178,12 @@ enum Cmd {
         json: bool,
     },
     /// Check a store that is not mounted; exits 1 unless it is clean
-    Fsck { store: PathBuf },
+    Fsck {
+        store: PathBuf,
+        /// Print the report as JSON (clean, problems, notes, clusters, inodes, pages, seconds)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the URL of a mount's web console, with its token (mount with --listen)
     Console { mountpoint: PathBuf },
 }
@@ -317,7 +322,7 @@ fn main() -> ExitCode {
             json,
         ),
         Cmd::Status { mountpoint, json } => cli::status::run(&mountpoint, json),
-        Cmd::Fsck { store } => cli::fsck::run(&store),
+        Cmd::Fsck { store, json } => cli::fsck::run(&store, json),
         Cmd::Console { mountpoint } => cli::console::run(&mountpoint),
     };
     match result {

@@ -121,7 +121,8 @@ impl MmapDevice {
             .checked_mul(self.page_size as u64)
             .and_then(|b| b.checked_add(offset as u64))
             .filter(|s| s.checked_add(len as u64).is_some_and(|end| end <= self.len));
-        start.map(|s| s as usize).ok_or(Error::Corrupt {
+        // The message is made only on failure: every read and write passes here.
+        start.map(|s| s as usize).ok_or_else(|| Error::Corrupt {
             page,
             why: format!(
                 "page lies beyond the end of the store file ({} bytes)",

@@ -59,7 +59,7 @@ mod write;
 mod xattr;
 
 use catalog::{Record, Settings};
-pub use check::FsckReport;
+pub use check::{FsckProgress, FsckReport};
 use dir::DirIndex;
 pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
 use node::{Engine, RecordFormat, Records, Tree};
@@ -274,6 +274,10 @@ pub struct Volume {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fsck;
+#[cfg(test)]
+mod tests_fsck_reference;
 #[cfg(test)]
 mod tests_restore;
 #[cfg(test)]
