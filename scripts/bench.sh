@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # clonefs against native and peers: fio (native dir, bindfs, clonefs), pgbench, clone time, lineage reads beside a qcow2 chain,
-# space, file tools (tar, du, grep, cp, rm on a doc tree; big-file cp, dd), engine; installs what is missing, prints one table
-# (ratios to native, PASS/MISS). Usage: scripts/bench.sh [--quick] [DIR]
+# space, file tools (tar, du, grep, cp, rm on a doc tree; big-file cp, dd), engine, restore points, scale (status, fdatasync, mount,
+# RSS, fsck at up to 10,000 clusters and 8 GiB); installs what is missing, prints one table (ratios to native, PASS/MISS).
+# Usage: scripts/bench.sh [--quick] [DIR]; BENCH_ONLY=scale scripts/bench.sh [--quick] [DIR] runs the scale section alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -11,16 +12,25 @@ dir=/var/tmp # the native directory: stores, mounts, the qcow2 chain and the nat
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,4p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,5p' "$0"; exit 0 ;;
     *) dir=$a ;;
   esac
 done
+# Only the scale section can run alone: sections 1-6 are top-level code that shares state (the native dir, fio's options,
+# the PostgreSQL server helpers), so they run together.
+only=${BENCH_ONLY:-}
+case "$only" in
+  "" | scale) ;;
+  *) echo "bench: BENCH_ONLY=$only: only 'scale' runs alone" >&2; exit 2 ;;
+esac
 if ((quick)); then
   fio_size=256M fio_rt=1 pg_secs=10 clone_sizes=(64 256 1024) many=1000 lin_mib=64
   ft_big=256M ft_exclude=(--exclude=core/arch) # file tools: the core docs without core/arch (17k files)
+  scale_clusters=(1 1000) scale_gib=(1)
 else
   fio_size=1G fio_rt=4 pg_secs=30 clone_sizes=(64 1024 8192) many=10000 lin_mib=256
   ft_big=2G ft_exclude=() # file tools: the toolchain's core docs (41,874 files)
+  scale_clusters=(1 1000 10000) scale_gib=(1 8)
 fi
 depths=(1 16 64 256)
 pg_scale=10
@@ -69,6 +79,7 @@ export BENCH_ROWS=$rows BENCH_CLONEFS=$bin
 py=$work/bench.py
 mounts=()  # "clonefs MNT" or "bindfs MNT": everything this run mounted
 servers=() # PIDs of the postmasters this run started
+bg_pids=() # PIDs of other background commands this run started (the scale section's writer)
 stop_server() { # PID: fast shutdown, then immediate, then SIGKILL; only PIDs this run started
   local pid=$1 sig i
   for sig in INT QUIT KILL; do
@@ -84,6 +95,7 @@ cleanup() {
   set +e
   trap - EXIT TERM INT
   for p in "${servers[@]}"; do stop_server "$p"; done
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null && wait "$p"; done
   for m in "${mounts[@]}"; do
     kind=${m%% *} m=${m#* }
     grep -q " $m " /proc/mounts || continue
@@ -356,6 +368,8 @@ def verdict(spec, c, n, p, vals):
             notes.append(f"{c / p:.2f}x bindfs")
         elif op == "lt":
             ok &= c < float(arg)
+        elif op == "le":
+            ok &= c <= float(arg)
         elif op in ("le_row", "ge_row"):
             rid, k = arg.split("*")
             ref = num(vals[rid][6])
@@ -429,6 +443,161 @@ cold() {
   fi
   drop_caches
 }
+
+# the table: printed at the end (by a BENCH_ONLY=scale run, after its section)
+print_table() {
+  local mode=full
+  ((quick)) && mode=quick
+  echo
+  echo "clonefs benchmarks ($mode run, $(date '+%Y-%m-%d %H:%M'), $(nproc) cores, native dir: $dir on $(findmnt -no FSTYPE -T "$dir"))"
+  echo "peer/nat and clonefs/nat: each figure over the native figure of the same row, measured in this run"
+  echo
+  pyrun table "$rows"
+  echo
+  echo "bench: took $((SECONDS - started)) s"
+}
+
+# ---- 7. scale (issue 15): status, a writer's fdatasync, cold mount, RSS, fsck against clusters and data ------------------
+# Defined here, above section 1, so that BENCH_ONLY=scale can run it alone; a full run runs it last. Each configuration is
+# built and measured as checks/scale does it, then its store is removed.
+scale_py=$work/scale.py
+cat >"$scale_py" <<'PYEOF'
+import os, sys, time
+
+def cmd_small_files(d, n):
+    for i in range(int(n)):
+        with open(os.path.join(d, str(i)), "w") as f:
+            f.write("x" * 100)
+
+def cmd_clones(mnt, n):
+    """Clusters prod and n-1 clones of it, prod/.clone/cK; every 100th clone rewrites one 4 KiB page of one file."""
+    for k in range(int(n) - 1):
+        os.mkdir(os.path.join(mnt, "prod", ".clone", f"c{k}"))
+        if k % 100 == 0:
+            with open(os.path.join(mnt, f"c{k}", f"f{1 + k % 64}"), "r+b") as f:
+                f.seek(4096 * (k % 1000))
+                f.write(b"y" * 4096)
+
+def cmd_worst(path, secs):
+    """The worst 4 KiB pwrite + fdatasync at offset 0 of path over secs seconds, ms."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    worst, t0, buf = 0.0, time.time(), b"z" * 4096
+    while time.time() - t0 < float(secs):
+        t = time.perf_counter()
+        os.pwrite(fd, buf, 0)
+        os.fdatasync(fd)
+        worst = max(worst, time.perf_counter() - t)
+    os.close(fd)
+    print(f"{worst * 1e3:.3f}")
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
+PYEOF
+
+# ms CMD...: runs CMD (its stderr to scale.err), prints its wall time in ms; fails as CMD does
+ms() {
+  local s=${EPOCHREALTIME/[.,]/} e rc=0
+  "$@" >/dev/null 2>>"$work/scale.err" || rc=$?
+  e=${EPOCHREALTIME/[.,]/}
+  ((rc == 0)) || return "$rc"
+  printf '%d.%03d\n' $(((e - s) / 1000)) $(((e - s) % 1000))
+}
+commas() { sed ':a; s/\B[0-9]\{3\}\>/,&/; ta' <<<"$1"; } # 10000 -> 10,000, whatever the locale
+# rss_mib STORE: VmRSS of the daemon serving STORE (the process whose command line is clonefs mount STORE ...), MiB
+rss_mib() {
+  local p a
+  for p in /proc/[0-9]*; do
+    mapfile -d '' -t a 2>/dev/null <"$p/cmdline" || continue
+    if [ "${a[1]:-}" = mount ] && [ "${a[2]:-}" = "$1" ]; then
+      awk '/^VmRSS:/ { printf "%.1f\n", $2 / 1024 }' "$p/status"
+      return 0
+    fi
+  done
+  fail "no clonefs daemon for $1"
+}
+
+bench_scale() {
+  local gib n i id what store mnt base during limit stmed mt rss fk rc sz w
+  local -a st
+  local -A empty=()
+  say "scale: daemon RSS of an empty 1 GiB and an empty 1 TiB store"
+  for sz in 1G 1T; do
+    store=$work/scale-empty$sz.clonefs mnt=$work/scale-empty$sz-mnt
+    timeout 60 "$bin" mkfs "$store" --size "$sz" >/dev/null
+    mount_clonefs "$store" "$mnt"
+    sleep 1
+    empty[$sz]=$(rss_mib "$store")
+    umount_clonefs "$mnt"
+    timeout 60 rm -f "$store"
+  done
+  section "scale (issue 15), as checks/scale: a 128G store; cluster prod with the data in 64 files (dd from /dev/urandom) and 20,000 files of 100 B in prod/many; N-1 clones (mkdir prod/.clone/cK, every 100th rewrites a 4 KiB page); no native counterpart: figures in the clonefs column"
+  row scale_rss "daemon RSS, empty 1 TiB store, MiB (native column: an empty 1 GiB store)" "${empty[1G]}" "" "" "${empty[1T]}" \
+    "1T <= 1.5x 1G" ratio_le=1.5
+  for gib in "${scale_gib[@]}"; do
+    for n in "${scale_clusters[@]}"; do
+      id=scale${gib}g$n what="$gib GiB, $(commas "$n") cluster$([ "$n" = 1 ] || echo s)"
+      store=$work/scale-${gib}g$n.clonefs mnt=$work/scale-mnt
+      say "scale, $what: writing prod"
+      timeout 60 "$bin" mkfs "$store" --size 128G >/dev/null
+      mount_clonefs "$store" "$mnt"
+      timeout 30 mkdir "$mnt/prod" "$mnt/prod/many"
+      for ((i = 1; i <= 64; i++)); do
+        timeout 120 dd if=/dev/urandom of="$mnt/prod/f$i" bs=1M count=$((gib * 16)) status=none
+      done
+      timeout 600 python3 "$scale_py" small_files "$mnt/prod/many" 20000
+      timeout 600 sync
+      say "scale, $what: $(commas $((n - 1))) clones"
+      timeout 3600 python3 "$scale_py" clones "$mnt" "$n"
+      timeout 600 sync
+      say "scale, $what: a writer's worst fdatasync, alone (5 s) and during 5 statuses (8 s)"
+      base=$(timeout 60 python3 "$scale_py" worst "$mnt/prod/w" 5)
+      timeout 60 python3 "$scale_py" worst "$mnt/prod/w" 8 >"$work/scale-writer.out" &
+      w=$!
+      bg_pids=("$w")
+      sleep 1
+      st=()
+      for ((i = 0; i < 5; i++)); do
+        st+=("$(ms timeout 60 "$bin" status "$mnt")") || fail "scale, $what: clonefs status failed (see scale.err)"
+      done
+      wait "$w" || fail "scale, $what: the writer during the statuses failed"
+      bg_pids=()
+      during=$(<"$work/scale-writer.out")
+      stmed=$(pyrun median "${st[@]}")
+      limit=$(python3 -c "print(f'{2 * max($base, 5):.3f}')")
+      say "scale, $what: statuses ${st[*]} ms; writer worst $base ms alone, $during ms during"
+      # rows as they are measured, so that a failure further on still shows them
+      section "scale: $what (prod and $(commas $((n - 1))) clones)"
+      row "${id}st" "clonefs status, ms, median of 5 (those run during the 8 s writer)" "" "" "" "$stmed" "< 50 ms" lt=50
+      row "${id}wa" "writer in prod: worst 4 KiB pwrite + fdatasync, 5 s alone, ms" "" "" "" "$base" "" ""
+      row "${id}wd" "writer: the same, 8 s, 5 statuses from 1 s in, ms" "" "" "" "$during" \
+        "<= 2x max(alone, 5 ms) = $limit ms" "le=$limit"
+      timeout 120 "$bin" umount "$mnt" >/dev/null || fail "scale, $what: clonefs umount failed"
+      drop_caches
+      mounts+=("clonefs $mnt")
+      mt=$(ms timeout 300 "$bin" mount "$store" "$mnt" --allow-other --log "$store.log") ||
+        fail "scale, $what: the cold mount failed (see scale.err)"
+      sleep 1
+      rss=$(rss_mib "$store")
+      row "${id}mt" "cold mount (clean umount, caches dropped), ms" "" "" "" "$mt" "< 1,000 ms" lt=1000
+      row "${id}rss" "daemon RSS 1 s after that mount, MiB" "" "" "" "$rss" "" ""
+      timeout 120 "$bin" umount "$mnt" >/dev/null || fail "scale, $what: clonefs umount failed"
+      say "scale, $what: fsck"
+      if fk=$(ms timeout 600 "$bin" fsck "$store"); then
+        row "${id}fk" "clonefs fsck of the unmounted store, ms" "" "" "" "$fk" "< 30,000 ms" lt=30000
+      else
+        rc=$? # a timeout is a MISS of this row; any other failure, a fault
+        ((rc == 124)) || fail "scale, $what: clonefs fsck failed (exit $rc; see scale.err)"
+        row "${id}fk" "clonefs fsck of the unmounted store, ms" "" "" "" "" "< 30,000 ms; timed out at 600 s" lt=30000
+      fi
+      timeout 60 rm -f "$store"
+    done
+  done
+}
+if [ "$only" = scale ]; then
+  bench_scale
+  print_table
+  exit 0
+fi
 
 # ---- 1. fio: native directory, bindfs of it, clonefs cluster -------------------------------
 say "fio: ${fio_size} per job, ${fio_rt} s per run, on a native dir, a bindfs of another and a clonefs cluster"
@@ -903,13 +1072,6 @@ bench_pitr() {
 bench_pitr
 # ---- end of section 6 (pitr) --------------------------------------------------------------------------
 
-# ---- the table -------------------------------------------------------------------------------------
-mode=full
-((quick)) && mode=quick
-echo
-echo "clonefs benchmarks ($mode run, $(date '+%Y-%m-%d %H:%M'), $(nproc) cores, native dir: $dir on $(findmnt -no FSTYPE -T "$dir"))"
-echo "peer/nat and clonefs/nat: each figure over the native figure of the same row, measured in this run"
-echo
-pyrun table "$rows"
-echo
-echo "bench: took $((SECONDS - started)) s"
+bench_scale # section 7, defined above section 1
+
+print_table
