@@ -14,6 +14,7 @@
 //! | `ranges.rs` | fallocate, seek data/hole, copy_file_range |
 //! | `xattr.rs` | extended attributes |
 //! | `restore.rs` | restore points, restore to a time, reset, protection, expiry |
+//! | `mounted.rs` | where the volume is mounted: a cluster mounted on its own is busy |
 //! | `check.rs` | space per cluster, fsck, the recount walks |
 //! | `node.rs` | the tree engine: pages, radix trees, copy-on-write, lazy counts |
 //! | `inode.rs`, `dir.rs`, `catalog.rs` | the records in the trees' leaves |
@@ -47,6 +48,7 @@ mod commit;
 mod contents;
 pub mod dir;
 pub mod inode;
+mod mounted;
 mod namespace;
 pub mod node;
 mod op;
@@ -60,6 +62,7 @@ use catalog::{Record, Settings};
 pub use check::FsckReport;
 use dir::DirIndex;
 pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
+pub use mounted::{mounted_busy, MountPoint};
 use node::{Engine, RecordFormat, Records, Tree};
 pub use restore::{
     parse_duration, parse_time, CloneOptions, ResetTo, Restorable, DEFAULT_RETENTION,
@@ -261,6 +264,8 @@ pub struct Volume {
     watchers: Mutex<Vec<crossbeam::channel::Sender<Event>>>,
     /// At most one restore point per cluster in this many ns.
     point_interval: AtomicU64,
+    /// Where the volume is mounted (see `mounted.rs`).
+    mounts: Mutex<Vec<MountPoint>>,
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ impl Volume {
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             watchers: Mutex::default(),
             point_interval: AtomicU64::new(super::restore::POINT_INTERVAL.as_nanos() as u64),
+            mounts: Mutex::default(),
         });
         if !read_only {
             vol.free_orphans()?;
