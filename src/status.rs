@@ -27,6 +27,17 @@ pub struct StatusDoc {
     pub used: u64,
     pub free: u64,
     pub clusters: Vec<ClusterStatus>,
+    /// Where the daemon serves the store, oldest mount first.
+    #[serde(default)]
+    pub mounts: Vec<MountStatus>,
+}
+
+/// One mount of the store: the whole store, or one cluster at its root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub mountpoint: String,
+    /// The cluster shown alone at the mount point; null: the whole store.
+    pub cluster: Option<String>,
 }
 
 /// One cluster: its lineage and space.
@@ -108,6 +119,16 @@ impl StatusDoc {
                 ClusterStatus::of(cl, space.as_ref())
             })
             .collect();
+        let mounts = vol
+            .mount_points()
+            .into_iter()
+            .map(|m| MountStatus {
+                mountpoint: m.point.display().to_string(),
+                cluster: m
+                    .cluster
+                    .map(|c| vol.cluster_info(c).map_or_else(|_| "?".into(), |i| i.name)),
+            })
+            .collect();
         Ok(StatusDoc {
             store: vol.path().display().to_string(),
             pid: std::process::id(),
@@ -116,6 +137,7 @@ impl StatusDoc {
             used: space.used,
             free: space.free,
             clusters,
+            mounts,
         })
     }
 
@@ -174,6 +196,7 @@ mod tests {
             used: 0,
             free: 0,
             clusters: vec![],
+            mounts: vec![],
         };
         assert!(doc.to_json().contains(r#""store": "a\"b\\c""#));
         doc.store = "l1\nl2\t\u{1}".into();

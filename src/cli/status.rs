@@ -110,6 +110,12 @@ fn status_table(doc: &StatusDoc) -> String {
         human(doc.used),
         human(doc.free)
     ));
+    for m in &doc.mounts {
+        match &m.cluster {
+            None => out.push_str(&format!("mounted at {} (the whole store)\n", m.mountpoint)),
+            Some(c) => out.push_str(&format!("mounted at {} (cluster {c})\n", m.mountpoint)),
+        }
+    }
     out
 }
 
