@@ -166,6 +166,7 @@ fn join(
     let err = serde_json::from_slice::<ErrorBody>(&body).ok();
     match err {
         Some(e) if e.error.code == "Closing" => Ok(Joined::Closing),
+        Some(e) if e.error.code == "MountFailed" => Err(e.error.message),
         Some(e) => Err(format!(
             "cannot mount at {}: {}",
             mnt.display(),

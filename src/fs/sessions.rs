@@ -177,8 +177,13 @@ impl Sessions {
         let session = match mount(self.vol.clone(), point, mc, &self.notifiers) {
             Ok(s) => s,
             Err(e) => {
+                // fusermount3's own words, without "I/O error" before them.
+                let why = match e {
+                    Error::Io(io) => io.to_string(),
+                    e => e.to_string(),
+                };
                 let _ = made.send(Err(MountError::Mount(format!(
-                    "cannot mount {} at {}: {e}",
+                    "cannot mount {} at {}: {why}",
                     self.vol.path().display(),
                     point.display()
                 ))));
