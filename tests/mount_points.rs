@@ -451,3 +451,44 @@ fn a_user_without_root_mounts_clones_and_unmounts_a_store_of_their_own() {
     assert_eq!(fs::metadata(&store).unwrap().uid(), 65534);
     c.points.clear();
 }
+
+#[test]
+fn a_clone_through_the_store_mount_holds_what_a_cluster_mount_still_caches() {
+    if unusable() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("clonefs-wb.")
+        .tempdir()
+        .unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let store = d("s.clonefs");
+    let _c = Cleanup {
+        store: store.clone(),
+        points: vec![d("all"), d("m1")],
+    };
+    fs::create_dir(d("all")).unwrap();
+    fs::create_dir(d("m1")).unwrap();
+    run_ok(&[BIN, "mkfs", s(&store), "--size", "1G"]);
+    run_ok(&[BIN, "mount", s(&store), s(&d("all")), "--writeback-cache"]);
+    fs::create_dir(d("all/prod")).unwrap();
+    run_ok(&[
+        BIN,
+        "mount",
+        s(&store),
+        s(&d("m1")),
+        "--cluster",
+        "prod",
+        "--writeback-cache",
+    ]);
+    // Written through the cluster's mount, still open: its pages sit in that
+    // mount's page cache when the store mount's .clone is asked for a clone.
+    let mut f = fs::File::create(d("m1/f")).unwrap();
+    std::io::Write::write_all(&mut f, b"only in the page cache").unwrap();
+    fs::create_dir(d("all/prod/.clone/c")).unwrap();
+    assert_eq!(
+        fs::read_to_string(d("all/c/f")).unwrap(),
+        "only in the page cache"
+    );
+    drop(f);
+}
