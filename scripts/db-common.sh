@@ -7,6 +7,7 @@ me=$(basename "$0" .sh) # db-postgres, db-mariadb or db-sqlite
 root=$PWD
 servers=()     # PIDs of the servers we started; cleanup stops each with the script's stop_server
 clients=()     # PIDs of background clients (the write load, the ledger loop); cleanup sends each SIGTERM
+more_mounts=() # further mounts of the store (single-cluster mounts); cleanup unmounts each before $mnt
 client_grace=0 # half-seconds cleanup then waits for each client to exit (0: it does not wait)
 
 # say TEXT / fail TEXT: a section heading on stdout / a failure on stderr, then exit 1.
@@ -71,6 +72,9 @@ cleanup() {
     for ((i = 0; i < client_grace; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done
   done
   for p in "${servers[@]}"; do stop_server "$p"; done
+  for f in "${more_mounts[@]}"; do
+    grep -q " $f " /proc/mounts && { timeout 120 "$bin" umount "$f" || timeout 20 fusermount3 -uz "$f"; }
+  done
   if grep -q " $mnt " /proc/mounts; then
     timeout 120 "$bin" umount "$mnt" || timeout 20 fusermount3 -uz "$mnt"
   fi

@@ -8,16 +8,18 @@
 //! writes "ready" or its error to the pipe; the parent returns that. A daemon that
 //! dies before a word leaves the pipe empty, which the parent reports too.
 //!
-//! The daemon unmounts itself on SIGTERM, SIGINT or SIGHUP (detaching a busy mount
-//! rather than leaving it), and exits once the mount is gone, which is after the
-//! adapter's destroy has committed and closed the store.
+//! One daemon serves every mount of its store (`clonefs::fs::Sessions`): the one
+//! it was started for, and any that join later through the API's `POST /mounts`.
+//! It unmounts them all on SIGTERM, SIGINT or SIGHUP (detaching a busy mount
+//! rather than leaving it), and exits once the last is gone, after closing the
+//! store (the final commit).
 //!
 //! The daemon serves the API (`clonefs::api`) beside the mount, on the store's
 //! unix socket and, when `--listen` asks, on TCP with the console; the API's files
 //! beside the store go when the mount does.
 
 use crate::cli::init_logger;
-use clonefs::fs::MountConfig;
+use clonefs::fs::{MountConfig, Sessions};
 use clonefs::volume::Volume;
 use log::{error, info, warn};
 use nix::errno::Errno;
@@ -29,8 +31,9 @@ use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, For
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 /// Serves `store` at `mnt` from this process until the mount goes away.
 pub fn foreground(
@@ -174,7 +177,7 @@ fn block_signals() -> SigSet {
     set
 }
 
-fn spawn_signal_thread(set: SigSet, mnt: PathBuf) {
+fn spawn_signal_thread(set: SigSet, sessions: Arc<Sessions>) {
     let spawned = std::thread::Builder::new()
         .name("clonefs-signals".into())
         .spawn(move || loop {
@@ -182,19 +185,22 @@ fn spawn_signal_thread(set: SigSet, mnt: PathBuf) {
                 return;
             };
             let sig = sig as i32;
-            info!("signal {sig}: unmounting {}", mnt.display());
-            match unmount(&mnt, false) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    warn!(
-                        "{} is busy; detaching it now, the daemon exits when the last user leaves",
-                        mnt.display()
-                    );
-                    if let Err(e) = unmount(&mnt, true) {
-                        error!("cannot detach {}: {e}", mnt.display());
+            for live in sessions.live() {
+                let mnt = &live.point;
+                info!("signal {sig}: unmounting {}", mnt.display());
+                match unmount(mnt, false) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        warn!(
+                            "{} is busy; detaching it now, its session ends when the last user leaves",
+                            mnt.display()
+                        );
+                        if let Err(e) = unmount(mnt, true) {
+                            error!("cannot detach {}: {e}", mnt.display());
+                        }
                     }
+                    Err(e) => error!("cannot unmount {}: {e}", mnt.display()),
                 }
-                Err(e) => error!("cannot unmount {}: {e}", mnt.display()),
             }
         });
     if let Err(e) = spawned {
@@ -202,7 +208,9 @@ fn spawn_signal_thread(set: SigSet, mnt: PathBuf) {
     }
 }
 
-/// Opens the store, mounts it, reports ready, and serves until the mount goes away.
+/// Opens the store, mounts it, reports ready, and serves until the last of its
+/// mounts (this one and any that join through the API) goes away; then closes the
+/// store (the final commit).
 fn serve(
     store: &Path,
     mnt: &Path,
@@ -212,6 +220,7 @@ fn serve(
     ready: &mut Option<File>,
 ) -> Result<(), String> {
     let vol = Volume::open_path(store).map_err(|e| e.to_string())?;
+    let sessions = Sessions::new(vol.clone(), mc.writeback_cache);
     let api = clonefs::api::Api::serve_store(vol.clone(), store, listen)
         .map_err(|e| format!("cannot serve the API of {}: {e}", store.display()))?;
     if let Some(addr) = api.tcp_addr() {
@@ -221,29 +230,26 @@ fn serve(
             clonefs::api::token_path(store).display()
         );
     }
-    let session = clonefs::fs::mount(vol, mnt, mc)
-        .map_err(|e| format!("cannot mount {} at {}: {e}", store.display(), mnt.display()))?;
-    spawn_signal_thread(signals, mnt.to_owned());
+    api.serve_mounts(sessions.clone());
+    sessions.add(mnt, mc).map_err(|e| e.to_string())?;
+    spawn_signal_thread(signals, sessions.clone());
     info!(
-        "mounted {} at {} with {} threads{} (pid {})",
+        "daemon for {} (pid {})",
         store.display(),
-        mnt.display(),
-        mc.threads,
-        if mc.writeback_cache {
-            ", writeback cache"
-        } else {
-            ""
-        },
         std::process::id()
     );
     if let Some(mut w) = ready.take() {
         let _ = writeln!(w, "ready");
     }
-    let served = session
-        .run()
-        .map_err(|e| format!("serving {} ended with an error: {e}", mnt.display()));
+    sessions.wait_all();
     drop(api);
-    served?;
-    info!("daemon for {} exits", mnt.display());
+    match vol.close() {
+        Ok(()) => info!("last mount gone; {} committed and closed", store.display()),
+        Err(e) => error!(
+            "last mount gone, but the final commit of {} failed: {e}",
+            store.display()
+        ),
+    }
+    info!("daemon for {} exits", store.display());
     Ok(())
 }

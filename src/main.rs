@@ -45,12 +45,17 @@ enum Cmd {
         #[arg(long, default_value = "7d", value_parser = parse_retention)]
         retention: std::time::Duration,
     },
-    /// Mount a store; returns once the mount is ready (unless --foreground)
+    /// Mount a store, or one cluster of it; returns once the mount is ready (unless
+    /// --foreground). A store already mounted is mounted again by its daemon
     Mount {
         /// The store file (made by clonefs mkfs)
         store: PathBuf,
         /// An existing, empty directory
         mountpoint: PathBuf,
+        /// Show this cluster alone at the mount point (its files, and its .clone);
+        /// while mounted it cannot be deleted or reset
+        #[arg(long)]
+        cluster: Option<String>,
         /// Stay in the foreground and log to stderr
         #[arg(long)]
         foreground: bool,
@@ -74,7 +79,21 @@ enum Cmd {
         #[arg(long, value_name = "[ADDR:]PORT", value_parser = cli::console::parse_listen)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Unmount and wait until the daemon has committed the store and exited
+    /// Write /usr/sbin/mount.fuse.clonefs, the helper mount(8) and /etc/fstab use
+    /// for -t fuse.clonefs (a script that runs this binary)
+    Install {
+        /// Directory to write the helper to
+        #[arg(long, default_value = cli::helper::HELPER_DIR)]
+        dir: PathBuf,
+    },
+    /// What mount.fuse.clonefs runs: mount(8)'s arguments (SOURCE DIR [-sfnv] [-o OPTS])
+    #[command(hide = true)]
+    MountHelper {
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Unmount and wait until the daemon has committed the store (and exited, if
+    /// this was the store's last mount)
     #[command(alias = "unmount")]
     Umount { mountpoint: PathBuf },
     /// Clone a cluster (same as mkdir MNT/SRC/.clone/NAME, after a syncfs)
@@ -224,6 +243,7 @@ fn main() -> ExitCode {
         Cmd::Mount {
             store,
             mountpoint,
+            cluster,
             foreground,
             threads,
             allow_other,
@@ -239,9 +259,12 @@ fn main() -> ExitCode {
                 threads: threads as usize,
                 allow_other,
                 writeback_cache,
+                cluster,
             },
             listen,
         ),
+        Cmd::Install { dir } => cli::helper::install(&dir),
+        Cmd::MountHelper { args } => cli::helper::run(&args),
         Cmd::Umount { mountpoint } => cli::mount::umount(&mountpoint),
         Cmd::Clone {
             source_cluster,

@@ -38,6 +38,17 @@ pub struct StatusDoc {
     #[serde(default)]
     pub space_current: bool,
     pub clusters: Vec<ClusterStatus>,
+    /// Where the daemon serves the store, oldest mount first.
+    #[serde(default)]
+    pub mounts: Vec<MountStatus>,
+}
+
+/// One mount of the store: the whole store, or one cluster at its root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub mountpoint: String,
+    /// The cluster shown alone at the mount point; null: the whole store.
+    pub cluster: Option<String>,
 }
 
 /// One cluster: its lineage and space.
@@ -130,6 +141,16 @@ impl StatusDoc {
                 ClusterStatus::of(cl, space.as_ref())
             })
             .collect();
+        let mounts = vol
+            .mount_points()
+            .into_iter()
+            .map(|m| MountStatus {
+                mountpoint: m.point.display().to_string(),
+                cluster: m
+                    .cluster
+                    .map(|c| vol.cluster_info(c).map_or_else(|_| "?".into(), |i| i.name)),
+            })
+            .collect();
         Ok(StatusDoc {
             store: vol.path().display().to_string(),
             pid: std::process::id(),
@@ -141,6 +162,7 @@ impl StatusDoc {
             space_as_of: report.as_ref().map(|r| rfc3339(r.as_of)),
             space_current: report.is_some_and(|r| r.current),
             clusters,
+            mounts,
         })
     }
 
@@ -202,6 +224,7 @@ mod tests {
             space_as_of: None,
             space_current: false,
             clusters: vec![],
+            mounts: vec![],
         };
         assert!(doc.to_json().contains(r#""store": "a\"b\\c""#));
         doc.store = "l1\nl2\t\u{1}".into();

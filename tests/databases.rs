@@ -8,6 +8,8 @@
 //! `scripts/db-postgres-pitr.sh` restores PostgreSQL's cluster to three times under
 //! load and checks each restored server (pg_amcheck, exactly the ledger rows committed
 //! by the restore point's time), then reset, expiry and protection of clusters.
+//! `scripts/db-postgres-mounts.sh` serves PostgreSQL from a mount of cluster prod
+//! alone and a clone of it from a second single-cluster mount, both servers at once.
 //!
 //! They need root (mount, servers running as their own users) and /dev/fuse: without
 //! either, each test says why and passes. They run one at a time, whatever
@@ -144,4 +146,9 @@ fn postgres_on_a_cluster_survives_daemon_sigkills() {
 #[test]
 fn postgres_restores_to_points_in_time() {
     run_script("db-postgres-pitr.sh");
+}
+
+#[test]
+fn postgres_on_single_cluster_mounts_with_a_clone_beside_it() {
+    run_script("db-postgres-mounts.sh");
 }

@@ -177,10 +177,21 @@ fn mount_with(opts: &[&str]) -> Option<Mounted> {
         eprintln!("SKIPPED: mount_ops needs root");
         return None;
     }
-    let m = Mounted::with_options("1G", opts)?;
+    let alone = opts.contains(&ALONE);
+    let opts: Vec<&str> = opts.iter().copied().filter(|o| *o != ALONE).collect();
+    let mut m = Mounted::with_options("1G", &opts)?;
     fs::create_dir(m.path("c")).unwrap();
+    if alone {
+        m.mount_alone("c");
+    }
     Some(m)
 }
+
+/// Not a `clonefs mount` option: `mount_with` takes it to mount cluster `c` alone
+/// (`clonefs mount STORE DIR --cluster c`) beside the store mount, and `m.path("c/..")`
+/// then leads through that mount, so the same comparisons run on a mount whose root
+/// is a cluster's (and with the store mount beside it, as it is used).
+const ALONE: &str = "(cluster c mounted alone)";
 
 /// (atime, mtime, ctime) in ns, of `p` itself (not following a symlink).
 fn times(p: &Path) -> [i128; 3] {
@@ -1353,9 +1364,10 @@ fn random_file_operations_match_a_local_file_system_on(opts: &[&str]) {
 
 // ---- names -------------------------------------------------------------------------
 
-#[test]
-fn directories_and_names_match_a_local_file_system() {
-    let Some(mut m) = mount_with(&[]) else { return };
+fn directories_and_names_match_a_local_file_system_on(opts: &[&str]) {
+    let Some(mut m) = mount_with(opts) else {
+        return;
+    };
     let log = compare(&m, "c", "names", |d, log| {
         let p = |s: &str| d.join(s);
         fs::write(p("file"), b"f").unwrap();
@@ -1657,9 +1669,10 @@ fn directories_and_names_match_a_local_file_system() {
     );
 }
 
-#[test]
-fn names_of_any_bytes_and_odd_opens_match_a_local_file_system() {
-    let Some(mut m) = mount_with(&[]) else { return };
+fn names_of_any_bytes_and_odd_opens_match_a_local_file_system_on(opts: &[&str]) {
+    let Some(mut m) = mount_with(opts) else {
+        return;
+    };
     let log = compare(&m, "c", "bytes", |d, log| {
         let names: [&[u8]; 7] = [
             b"\xff\xfe latin-1 \xe9",
@@ -1909,9 +1922,8 @@ fn list(d: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn readdir_lists_every_entry_once() {
-    let Some(m) = mount_with(&[]) else { return };
+fn readdir_lists_every_entry_once_on(opts: &[&str]) {
+    let Some(m) = mount_with(opts) else { return };
     let d = m.path("c/many");
     fs::create_dir(&d).unwrap();
     const N: usize = 3000;
@@ -2032,9 +2044,8 @@ fn statfs_reports_the_store() {
     assert_eq!(st.f_namemax, 255);
 }
 
-#[test]
-fn xattrs_match_a_local_file_system() {
-    let Some(m) = mount_with(&[]) else { return };
+fn xattrs_match_a_local_file_system_on(opts: &[&str]) {
+    let Some(m) = mount_with(opts) else { return };
     let log = compare(&m, "c", "xattr", |d, log| {
         let f = d.join("f");
         fs::write(&f, b"").unwrap();
@@ -2777,10 +2788,10 @@ fn a_clone_with_the_writeback_cache_holds_dirty_pages_of_open_files() {
 }
 
 /// The tests that the kernel's writeback cache changes most (who owns size and
-/// times, O_APPEND, mmap, what a clone catches): each runs on a default mount and
-/// on one with `--writeback-cache`.
+/// times, O_APPEND, mmap, what a clone catches): each runs on a default mount, on
+/// one with `--writeback-cache`, and with cluster `c` mounted alone.
 macro_rules! on_both_mounts {
-    ($($body:ident: $plain:ident, $cached:ident;)*) => {$(
+    ($($body:ident: $plain:ident, $cached:ident, $alone:ident;)*) => {$(
         #[test]
         fn $plain() {
             $body(&[]);
@@ -2789,16 +2800,42 @@ macro_rules! on_both_mounts {
         fn $cached() {
             $body(&["--writeback-cache"]);
         }
+        #[test]
+        fn $alone() {
+            $body(&[ALONE]);
+        }
     )*};
 }
 
 on_both_mounts! {
-    setattr_matches_a_local_file_system_on: setattr_matches_a_local_file_system, setattr_with_writeback_cache;
-    times_move_as_posix_says_on: times_move_as_posix_says, times_move_with_writeback_cache;
-    open_flags_and_io_match_a_local_file_system_on: open_flags_and_io_match_a_local_file_system, open_flags_and_io_with_writeback_cache;
-    fallocate_and_sparse_seek_match_a_local_file_system_on: fallocate_and_sparse_seek_match_a_local_file_system, fallocate_and_sparse_seek_with_writeback_cache;
-    random_file_operations_match_a_local_file_system_on: random_file_operations_match_a_local_file_system, random_file_operations_with_writeback_cache;
-    concurrent_operations_in_one_directory_and_one_file_on: concurrent_operations_in_one_directory_and_one_file, concurrent_operations_in_one_directory_and_one_file_with_writeback_cache;
-    shared_writable_mmap_reaches_the_file_and_clones_on: shared_writable_mmap_reaches_the_file_and_clones, shared_writable_mmap_reaches_the_file_and_clones_with_writeback_cache;
-    clones_are_right_through_the_kernel_caches_on: clones_are_right_through_the_kernel_caches, clones_are_right_through_the_kernel_caches_with_writeback_cache;
+    setattr_matches_a_local_file_system_on: setattr_matches_a_local_file_system, setattr_with_writeback_cache, setattr_matches_a_local_file_system_on_a_cluster_mount;
+    times_move_as_posix_says_on: times_move_as_posix_says, times_move_with_writeback_cache, times_move_as_posix_says_on_a_cluster_mount;
+    open_flags_and_io_match_a_local_file_system_on: open_flags_and_io_match_a_local_file_system, open_flags_and_io_with_writeback_cache, open_flags_and_io_match_a_local_file_system_on_a_cluster_mount;
+    fallocate_and_sparse_seek_match_a_local_file_system_on: fallocate_and_sparse_seek_match_a_local_file_system, fallocate_and_sparse_seek_with_writeback_cache, fallocate_and_sparse_seek_match_a_local_file_system_on_a_cluster_mount;
+    random_file_operations_match_a_local_file_system_on: random_file_operations_match_a_local_file_system, random_file_operations_with_writeback_cache, random_file_operations_match_a_local_file_system_on_a_cluster_mount;
+    concurrent_operations_in_one_directory_and_one_file_on: concurrent_operations_in_one_directory_and_one_file, concurrent_operations_in_one_directory_and_one_file_with_writeback_cache, concurrent_operations_in_one_directory_and_one_file_on_a_cluster_mount;
+    shared_writable_mmap_reaches_the_file_and_clones_on: shared_writable_mmap_reaches_the_file_and_clones, shared_writable_mmap_reaches_the_file_and_clones_with_writeback_cache, shared_writable_mmap_reaches_the_file_and_clones_on_a_cluster_mount;
+    clones_are_right_through_the_kernel_caches_on: clones_are_right_through_the_kernel_caches, clones_are_right_through_the_kernel_caches_with_writeback_cache, clones_are_right_through_the_kernel_caches_on_a_cluster_mount;
+}
+
+/// Comparisons the writeback cache leaves alone: on a store mount and with cluster
+/// `c` mounted alone.
+macro_rules! on_store_and_cluster_mounts {
+    ($($body:ident: $store:ident, $alone:ident;)*) => {$(
+        #[test]
+        fn $store() {
+            $body(&[]);
+        }
+        #[test]
+        fn $alone() {
+            $body(&[ALONE]);
+        }
+    )*};
+}
+
+on_store_and_cluster_mounts! {
+    directories_and_names_match_a_local_file_system_on: directories_and_names_match_a_local_file_system, directories_and_names_match_a_local_file_system_on_a_cluster_mount;
+    names_of_any_bytes_and_odd_opens_match_a_local_file_system_on: names_of_any_bytes_and_odd_opens_match_a_local_file_system, names_of_any_bytes_and_odd_opens_match_a_local_file_system_on_a_cluster_mount;
+    xattrs_match_a_local_file_system_on: xattrs_match_a_local_file_system, xattrs_match_a_local_file_system_on_a_cluster_mount;
+    readdir_lists_every_entry_once_on: readdir_lists_every_entry_once, readdir_lists_every_entry_once_on_a_cluster_mount;
 }

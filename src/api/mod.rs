@@ -24,6 +24,8 @@
 //! | POST | `/clusters/SRC/clones` | `{"name", "restore_to_time"?, "expires_in"?, "expires_at"?}` |
 //! | POST | `/clusters/NAME/reset` | `{"restore_to_time"?, "force"?}` (default: from its parent) |
 //! | GET | `/clusters/NAME/restorable` | its restore window |
+//! | GET | `/mounts` | the daemon's mounts ([`MountsDoc`]) |
+//! | POST | `/mounts` | `{"mountpoint", "cluster"?, ...}`: another mount (unix socket only) |
 //! | GET | `/events` | server-sent events: `data: {"type", "cluster"}` ([`EventDoc`]) |
 //! | GET | `/openapi.json` | the OpenAPI 3 description of these routes |
 //!
@@ -32,9 +34,11 @@
 
 pub mod client;
 mod console;
+mod mounts;
 pub mod openapi;
 mod server;
 
+pub use mounts::{MountCtx, MountDoc, MountsDoc, NewMount};
 pub use server::{
     console_path, console_url, token_path, Api, Token, MAX_STREAMS, REQUEST_TIME, WORKERS,
 };
@@ -65,6 +69,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/clusters/{name}/clones"),
     ("POST", "/api/v1/clusters/{name}/reset"),
     ("GET", "/api/v1/clusters/{name}/restorable"),
+    ("GET", "/api/v1/mounts"),
+    ("POST", "/api/v1/mounts"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
 ];
@@ -261,6 +267,17 @@ fn changed_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
 
 /// Serves one request: `url` is the path (with any query), `body` the bytes read.
 pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
+    handle_with(vol, None, method, url, body_bytes)
+}
+
+/// [`handle`] for a daemon that serves mounts: `mounts` answers `/mounts`.
+pub fn handle_with(
+    vol: &Volume,
+    mounts: Option<&MountCtx>,
+    method: &str,
+    url: &str,
+    body_bytes: &[u8],
+) -> Reply {
     let path = url.split('?').next().unwrap_or("");
     let Some(rest) = path.strip_prefix("/api/v1") else {
         return error(
@@ -287,6 +304,8 @@ pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply
         ("POST", ["clusters", src, "clones"]) => clone(vol, src, body_bytes),
         ("POST", ["clusters", name, "reset"]) => reset(vol, name, body_bytes),
         ("GET", ["clusters", name, "restorable"]) => restorable(vol, name),
+        ("GET", ["mounts"]) => Ok(mounts::list(vol, mounts)),
+        ("POST", ["mounts"]) => mounts::add(mounts, body_bytes),
         ("GET", ["openapi.json"]) => Ok(Reply {
             status: 200,
             body: openapi::document(),
@@ -301,7 +320,7 @@ pub fn handle(vol: &Volume, method: &str, url: &str, body_bytes: &[u8]) -> Reply
             ["clusters"]
             | ["clusters", _]
             | ["clusters", _, "clones" | "reset" | "restorable"]
-            | ["events" | "openapi.json"],
+            | ["events" | "mounts" | "openapi.json"],
         ) => Err(error(
             405,
             "MethodNotAllowed",

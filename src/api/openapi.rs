@@ -88,6 +88,15 @@ pub fn document() -> String {
                 "get": {"operationId": "restorableWindow", "summary": "its restore window",
                         "responses": with(json_reply(200, "the window", "Restorable"), &[401, 404])}
             },
+            "/api/v1/mounts": {
+                "get": {"operationId": "listMounts", "summary": "the daemon's mounts of the store, and what they share",
+                        "responses": with(json_reply(200, "the daemon and its mounts", "Mounts"), &[401])},
+                "post": {"operationId": "addMount",
+                         "summary": "mount the store again (the whole store or one cluster) from this daemon; \
+                                     live when the reply comes. Unix socket only: 403 on TCP",
+                         "requestBody": body("NewMount", true),
+                         "responses": with(json_reply(201, "mounted", "Mount"), &[400, 401, 403, 404, 409, 413, 500, 503])}
+            },
             "/api/v1/events": {
                 "get": {"operationId": "events",
                         "summary": "server-sent events: one `data: {\"type\", \"cluster\"}` line per cluster created, deleted, reset or expired",
@@ -108,7 +117,8 @@ pub fn document() -> String {
                         "code": {"type": "string", "enum": ["InvalidName", "AlreadyExists", "NotFound", "InvalidTime",
                             "InvalidRequest", "InvalidArgument", "Protected", "Busy", "NoSpace", "BodyTooLarge",
                             "HeadTooLarge", "LengthRequired", "Timeout", "Unauthorized", "MethodNotAllowed",
-                            "NoSuchRoute", "TooManyStreams", "Internal"]},
+                            "NoSuchRoute", "TooManyStreams", "Internal", "Incompatible", "NotMounting", "Closing",
+                            "MountFailed", "Forbidden"]},
                         "message": {"type": "string"}}}}},
                 "Cluster": {"type": "object", "required": ["name", "id", "created", "logical", "shared", "unique"], "properties": {
                     "name": {"type": "string"}, "id": {"type": "integer"},
@@ -126,7 +136,9 @@ pub fn document() -> String {
                 "Status": {"type": "object", "required": ["store", "capacity", "used", "free", "clusters"], "properties": {
                     "store": {"type": "string"}, "pid": {"type": "integer"}, "page_size": {"type": "integer"},
                     "capacity": {"type": "integer"}, "used": {"type": "integer"}, "free": {"type": "integer"},
-                    "clusters": {"type": "array", "items": {"$ref": "#/components/schemas/Cluster"}}}},
+                    "clusters": {"type": "array", "items": {"$ref": "#/components/schemas/Cluster"}},
+                    "mounts": {"type": "array", "items": {"type": "object", "properties": {
+                        "mountpoint": {"type": "string"}, "cluster": {"type": "string", "nullable": true}}}}}},
                 "Created": {"type": "object", "required": ["cluster", "image_time"], "properties": {
                     "cluster": {"$ref": "#/components/schemas/Cluster"},
                     "image_time": {"type": "string", "format": "date-time", "description": "the time of the image it holds"}}},
@@ -146,6 +158,20 @@ pub fn document() -> String {
                 "Restorable": {"type": "object", "properties": {
                     "cluster": {"type": "string"}, "earliest": {"type": "string", "nullable": true},
                     "latest": {"type": "string"}, "points": {"type": "integer"}, "restore_only": {"type": "integer"}}},
+                "NewMount": {"type": "object", "required": ["mountpoint"], "additionalProperties": false, "properties": {
+                    "mountpoint": {"type": "string", "description": "absolute path of an existing, empty directory"},
+                    "cluster": {"type": "string", "description": "show this cluster alone at the mount point; absent: the whole store"},
+                    "threads": {"type": "integer", "minimum": 1, "maximum": 256, "description": "threads serving this mount (default 4)"},
+                    "allow_other": {"type": "boolean"},
+                    "writeback_cache": {"type": "boolean", "description": "must be the daemon's: its mounts share it"},
+                    "listen": {"type": "string", "description": "ADDR:PORT; must be the daemon's listener if given"}}},
+                "Mount": {"type": "object", "required": ["mountpoint", "threads", "allow_other"], "properties": {
+                    "mountpoint": {"type": "string"}, "cluster": {"type": "string", "nullable": true},
+                    "threads": {"type": "integer"}, "allow_other": {"type": "boolean"}}},
+                "Mounts": {"type": "object", "required": ["store", "pid", "writeback_cache", "mounts"], "properties": {
+                    "store": {"type": "string"}, "pid": {"type": "integer"}, "writeback_cache": {"type": "boolean"},
+                    "listen": {"type": "string", "nullable": true},
+                    "mounts": {"type": "array", "items": {"$ref": "#/components/schemas/Mount"}}}},
                 "Event": {"type": "object", "required": ["type", "cluster"], "properties": {
                     "type": {"type": "string", "enum": ["created", "deleted", "reset", "expired", "modified"]},
                     "cluster": {"type": "string"}}}

@@ -21,7 +21,7 @@
 //! request is read whole, and an event stream holds a channel receiver, never a
 //! lock (the volume's sends on it never block).
 
-use super::{console, error, handle, EventDoc, Reply, MAX_BODY};
+use super::{console, error, handle_with, EventDoc, MountCtx, Reply, MAX_BODY};
 use crate::volume::Volume;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::io::{self, Read, Write};
@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -192,6 +192,8 @@ impl Bound {
 /// it made (the socket, and for TCP the token and console files).
 pub struct Api {
     stop: Arc<AtomicBool>,
+    /// The daemon's mounts, once it hands them over (`/api/v1/mounts`).
+    mounts: Arc<OnceLock<MountCtx>>,
     listeners: Vec<Arc<Bound>>,
     threads: Vec<JoinHandle<()>>,
     files: Vec<PathBuf>,
@@ -266,6 +268,14 @@ impl Api {
         Ok(api)
     }
 
+    /// Answers `/api/v1/mounts` from now on with the daemon's `sessions`.
+    pub fn serve_mounts(&self, sessions: Arc<crate::fs::Sessions>) {
+        let _ = self.mounts.set(MountCtx {
+            sessions,
+            listen: self.tcp,
+        });
+    }
+
     /// Serves `vol` on the unix socket `socket`, replacing a stale one, and on TCP
     /// at `tcp`'s address (port 0: any free port) with its token.
     pub fn serve(
@@ -280,6 +290,7 @@ impl Api {
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         let mut api = Api {
             stop: Arc::new(AtomicBool::new(false)),
+            mounts: Arc::default(),
             listeners: vec![Arc::new(Bound::Unix(unix, socket.to_owned()))],
             threads: Vec::new(),
             files: vec![socket.to_owned()],
@@ -294,14 +305,20 @@ impl Api {
         let (tx, rx) = crossbeam::channel::bounded::<(Conn, Arc<Bound>)>(QUEUE);
         let streams = Arc::new(AtomicUsize::new(0));
         for i in 0..WORKERS {
-            let (rx, vol, stop, streams) =
-                (rx.clone(), vol.clone(), api.stop.clone(), streams.clone());
+            let (rx, vol, stop, streams, mounts) = (
+                rx.clone(),
+                vol.clone(),
+                api.stop.clone(),
+                streams.clone(),
+                api.mounts.clone(),
+            );
             api.threads.push(
                 std::thread::Builder::new()
                     .name(format!("clonefs-api-{i}"))
                     .spawn(move || {
                         for (conn, bound) in rx {
-                            serve_conn(&vol, conn, bound.token(), &stop, &streams);
+                            let mounts = mounts.get();
+                            serve_conn(&vol, mounts, conn, bound.token(), &stop, &streams);
                         }
                     })?,
             );
@@ -568,6 +585,7 @@ fn write_reply(
 
 fn serve_conn(
     vol: &Arc<Volume>,
+    mounts: Option<&MountCtx>,
     mut conn: Conn,
     token: Option<&Token>,
     stop: &Arc<AtomicBool>,
@@ -613,7 +631,17 @@ fn serve_conn(
     if req.method == "GET" && path == "/api/v1/events" {
         return open_stream(vol, conn, stop, streams);
     }
-    let r = handle(vol, &req.method, &req.url, &req.body);
+    if token.is_some() && req.method == "POST" && path == "/api/v1/mounts" {
+        let r = error(
+            403,
+            "Forbidden",
+            "mounts are made over the unix socket beside the store only (clonefs mount \
+             STORE MOUNTPOINT does it), never over TCP",
+        );
+        let _ = write_reply(&mut conn, &r, "application/json", &[]);
+        return;
+    }
+    let r = handle_with(vol, mounts, &req.method, &req.url, &req.body);
     log::debug!("api: {} {} -> {}", req.method, path, r.status);
     let _ = write_reply(&mut conn, &r, "application/json", &[]);
 }

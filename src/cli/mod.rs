@@ -10,6 +10,7 @@
 
 pub mod console;
 pub mod fsck;
+pub mod helper;
 pub mod mkfs;
 pub mod mount;
 pub mod restore;
@@ -101,9 +102,19 @@ pub fn print_out(text: &str) -> Result<(), String> {
     }
 }
 
-/// Reads the mount's status document; errors say what the mount point is.
+/// Reads the mount's status document; errors say what the mount point is. A
+/// mount of one cluster has no status file at its root (the root is the
+/// cluster's): the daemon's API gives the same document.
 pub fn read_status(mnt: &Path) -> Result<String, String> {
     let shown = mnt.display();
+    if let Some(m) = mount_at(mnt).filter(|m| m.fstype == "fuse.clonefs" && m.cluster.is_some()) {
+        let socket = clonefs::api::socket_path(&m.source);
+        return match clonefs::api::client::call::<()>(&socket, "GET", "/api/v1/clusters", None) {
+            Ok((200, body)) => String::from_utf8(body).map_err(|e| e.to_string()),
+            Ok((status, _)) => Err(format!("the daemon of {shown} answered {status}")),
+            Err(e) => Err(e),
+        };
+    }
     match std::fs::read_to_string(mnt.join(STATUS_NAME)) {
         Ok(s) => Ok(s),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(

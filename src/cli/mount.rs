@@ -11,6 +11,7 @@ use super::{
     absolute, clonefs_mount, init_logger, mount_at, read_status, status::parse_status, CliResult,
 };
 use crate::daemon;
+use clonefs::api::{client, socket_path, ErrorBody, MountsDoc, NewMount};
 use clonefs::fs::MountConfig;
 use std::io;
 use std::net::SocketAddr;
@@ -27,6 +28,19 @@ pub fn mount(
     mc: &MountConfig,
     listen: Option<SocketAddr>,
 ) -> CliResult {
+    mount_quietly(store, mountpoint, foreground, log, mc, listen, false)
+}
+
+/// [`mount`]; `quiet` says nothing on success (mount(8)'s helper, unless -v).
+pub fn mount_quietly(
+    store: &Path,
+    mountpoint: &Path,
+    foreground: bool,
+    log: Option<PathBuf>,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+    quiet: bool,
+) -> CliResult {
     let store = absolute(store)?;
     match std::fs::metadata(&store) {
         Ok(m) if m.is_file() => {}
@@ -40,7 +54,45 @@ pub fn mount(
         }
         Err(e) => return Err(format!("{}: {e}", store.display())),
     }
+    if let Some(c) = &mc.cluster {
+        clonefs::volume::catalog::validate_name(c).map_err(|e| format!("--cluster: {e}"))?;
+    }
     let mnt = check_mountpoint(mountpoint)?;
+    let what = match &mc.cluster {
+        Some(c) => format!("cluster {c} of {}", store.display()),
+        None => store.display().to_string(),
+    };
+    // A store held by a daemon is joined: that daemon mounts it again. Mounting
+    // races a daemon on its way out (it refuses joins once its last mount has
+    // gone, then lets go of the lock) by trying again for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pid) = lock_holder(&store) {
+            match join(&store, &mnt, mc, listen, foreground, pid)? {
+                Joined::Yes => {
+                    if !quiet {
+                        println!(
+                            "mounted {what} at {} (served by the store's daemon, pid {pid})",
+                            mnt.display()
+                        );
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Joined::Closing if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Joined::Closing => {
+                    return Err(format!(
+                        "the daemon of {} (pid {pid}) is still closing the store after 30 s; \
+                         see its log",
+                        store.display()
+                    ))
+                }
+            }
+        }
+        break;
+    }
     if foreground {
         init_logger("info");
         return daemon::foreground(&store, &mnt, mc, listen).map(|()| ExitCode::SUCCESS);
@@ -54,19 +106,77 @@ pub fn mount(
         }
     };
     daemon::spawn(&store, &mnt, &log, mc, listen)?;
-    println!(
-        "mounted {} at {} (log: {})",
-        store.display(),
-        mnt.display(),
-        log.display()
-    );
-    if listen.is_some() {
+    if !quiet {
         println!(
-            "API and console on TCP; open the console with the URL that `clonefs console {}` prints",
-            mnt.display()
+            "mounted {what} at {} (log: {})",
+            mnt.display(),
+            log.display()
         );
+        if listen.is_some() {
+            println!(
+                "API and console on TCP; open the console with the URL that `clonefs console {}` prints",
+                mnt.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+enum Joined {
+    Yes,
+    /// The daemon is closing the store: mount again once it has let go.
+    Closing,
+}
+
+/// Asks the daemon `pid`, which holds `store`, to serve one more mount at `mnt`.
+fn join(
+    store: &Path,
+    mnt: &Path,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+    foreground: bool,
+    pid: u32,
+) -> Result<Joined, String> {
+    let shown = store.display();
+    if foreground {
+        return Err(format!(
+            "{shown} is already served by its daemon (pid {pid}), which would serve this \
+             mount too: a mount that joins it cannot stay in the foreground; drop --foreground"
+        ));
+    }
+    let socket = socket_path(store);
+    let req = NewMount {
+        mountpoint: mnt.display().to_string(),
+        cluster: mc.cluster.clone(),
+        threads: Some(mc.threads),
+        allow_other: mc.allow_other,
+        writeback_cache: mc.writeback_cache,
+        listen: listen.map(|a| a.to_string()),
+    };
+    let (status, body) =
+        client::call(&socket, "POST", "/api/v1/mounts", Some(&req)).map_err(|e| {
+            format!(
+            "{shown} is in use by process {pid}, whose API cannot be reached to join it ({e}); \
+             if that is another user's daemon, only that user can mount this store"
+        )
+        })?;
+    if status < 400 {
+        return Ok(Joined::Yes);
+    }
+    let err = serde_json::from_slice::<ErrorBody>(&body).ok();
+    match err {
+        Some(e) if e.error.code == "Closing" => Ok(Joined::Closing),
+        Some(e) if e.error.code == "MountFailed" => Err(e.error.message),
+        Some(e) => Err(format!(
+            "cannot mount at {}: {}",
+            mnt.display(),
+            e.error.message
+        )),
+        None => Err(format!(
+            "cannot mount at {}: the daemon (pid {pid}) answered {status}",
+            mnt.display()
+        )),
+    }
 }
 
 /// Checks that `p` can take a mount; returns it made absolute and canonical.
@@ -176,12 +286,24 @@ pub fn umount(mountpoint: &Path) -> CliResult {
         ),
         _ => format!("cannot unmount {shown}: {e}"),
     })?;
+    // The last mount of a store takes its daemon with it (after the final
+    // commit); any other is done once the daemon no longer lists it (its session
+    // has ended, after a commit).
+    let socket = socket_path(&m.source);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !exited(pid) {
         if Instant::now() > deadline {
             return Err(format!(
-                "unmounted {shown}, but its daemon (pid {pid}) is still running after 60 s; see its log"
+                "unmounted {shown}, but its daemon (pid {pid}) still serves it after 60 s; see its log"
             ));
+        }
+        if let Ok(doc) = client::request::<(), MountsDoc>(&socket, "GET", "/api/v1/mounts", None) {
+            if doc.pid == pid
+                && !doc.mounts.is_empty()
+                && !doc.mounts.iter().any(|x| Path::new(&x.mountpoint) == mnt)
+            {
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -148,6 +148,12 @@ fn status_table(doc: &StatusDoc) -> String {
             ));
         }
     }
+    for m in &doc.mounts {
+        match &m.cluster {
+            None => out.push_str(&format!("mounted at {} (the whole store)\n", m.mountpoint)),
+            Some(c) => out.push_str(&format!("mounted at {} (cluster {c})\n", m.mountpoint)),
+        }
+    }
     out
 }
 

@@ -36,7 +36,7 @@ use std::sync::Arc;
 impl CloneFs {
     /// Replies with an entry the kernel keeps, counting it first (see the module doc).
     pub(super) fn reply_entry(&self, e: &Entry, reply: ReplyEntry) {
-        self.counted(Node::decode(e.attr.ino.0));
+        self.counted(self.node(e.attr.ino).ok());
         reply.entry_with_ttls(&e.ttl, &e.ttl, &e.attr, GEN);
     }
 
@@ -50,7 +50,7 @@ impl CloneFs {
 
     /// FORGET: the kernel dropped `n` references to `ino`.
     pub(super) fn forget_node(&self, ino: INodeNo, n: u64) {
-        let (true, Some(Node::File(c, i))) = (self.zero_open, Node::decode(ino.0)) else {
+        let (true, Ok(Node::File(c, i))) = (self.zero_open, self.node(ino)) else {
             return;
         };
         debug!("forget {} x{n}", Node::File(c, i));

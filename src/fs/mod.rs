@@ -16,6 +16,14 @@
 //! names two different files in the life of a store: the kernel's caches cannot
 //! confuse them and every generation number is 0.
 //!
+//! A mount of one cluster (`clonefs mount --cluster`) uses the same ids, except
+//! that the kernel's root id `1` stands for that cluster's root (`cid << 40 | 1`):
+//! `CloneFs::node` and `CloneFs::kernel_id` translate, and nothing else changes.
+//! Such a mount is one of several the daemon serves (`sessions`): a cluster that
+//! two mounts show has its names and attributes cached for a moment only, and
+//! names in it cannot be removed through a mount other than its own while it is
+//! mounted alone (the volume keeps the cluster itself from delete and reset).
+//!
 //! By default the writeback cache stays off: a write has reached the volume when
 //! `write(2)` returns, so a clone made after it contains it. With it on
 //! (`--writeback-cache`), a clone first has the kernel write back the dirty pages
@@ -26,27 +34,30 @@
 //! The parts: `node` (the id layout), `handles` (zero-message open: what keeps a
 //! file alive without OPEN), `namespace` (what each node is and what a
 //! request on it decides), `attr` (translation of attributes, flags and errors),
-//! `mount` (the session). This file is the `Filesystem` impl: each handler decodes,
-//! calls one of those or the volume, and replies.
+//! `mount` (the session), `sessions` (the mounts of one daemon). This file is the
+//! `Filesystem` impl: each handler decodes, calls one of those or the volume, and
+//! replies.
 
 mod attr;
 mod handles;
 mod mount;
 mod namespace;
 mod node;
+mod sessions;
 
-pub use mount::{cluster_users, mount, mounts, MountConfig, MountEntry};
+pub use mount::{cluster_users, mount, mounts, MountConfig, MountEntry, Notifiers};
 pub use node::Node;
+pub use sessions::{Live, MountError, Sessions};
 
 use crate::error::Error;
 use crate::status::StatusDoc;
-use crate::volume::{SetAttr, Volume, Whence, Writer};
+use crate::volume::{ClusterId, Ino, SetAttr, Volume, Whence, Writer};
 use attr::{errno, kind_from_mode, rename_flags, set_time, xattr_mode, xattr_name};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
 use namespace::clone_entry;
@@ -55,7 +66,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Name of the hidden status file at the mount root.
@@ -72,6 +83,9 @@ pub const CONTROL_NAME: &str = ".clone";
 /// tree (`du`, `grep -r`) outlives the entries readdirplus gave it and looks every
 /// name up again.
 const TTL: Duration = Duration::from_secs(24 * 3600);
+/// Names and attributes in a cluster that another mount shows too: changes made
+/// there reach this mount's kernel caches within this.
+const SHARED_TTL: Duration = Duration::from_secs(1);
 /// Virtual nodes and the names under the mount root and `.clone`: not cached.
 const NO_TTL: Duration = Duration::ZERO;
 const GEN: Generation = Generation(0);
@@ -87,6 +101,9 @@ const FILES: u64 = 1 << 40;
 /// The file system the kernel talks to.
 pub struct CloneFs {
     vol: Arc<Volume>,
+    /// The cluster shown at the mount's root (kernel node 1) when one cluster is
+    /// mounted on its own; None: the whole store, node 1 being the list of clusters.
+    root: Option<ClusterId>,
     /// Owner of the virtual nodes: the daemon's user.
     uid: u32,
     gid: u32,
@@ -102,8 +119,9 @@ pub struct CloneFs {
     /// The kernel's writeback cache is on: dirty pages of open files sit in the
     /// kernel until it writes them back, so a clone has them written back first.
     writeback: bool,
-    /// Set once the session exists: how a clone asks the kernel for those pages.
-    notifier: Arc<OnceLock<Notifier>>,
+    /// The notifiers of every mount of this daemon, this one's once its session
+    /// exists: how a clone asks the kernel for those pages.
+    notifiers: Arc<Notifiers>,
 }
 
 /// Replies to a size-0 xattr probe with the length, else with the bytes if they fit.
@@ -124,6 +142,7 @@ impl CloneFs {
         let blksize = vol.page_size() as u32;
         CloneFs {
             vol,
+            root: None,
             uid,
             gid,
             mounted: SystemTime::now(),
@@ -133,18 +152,41 @@ impl CloneFs {
             zero_open: true,
             next_fh: AtomicU64::new(1),
             writeback: false,
-            notifier: Arc::new(OnceLock::new()),
+            notifiers: Arc::default(),
+        }
+    }
+
+    /// A file system showing cluster `c` alone at its root.
+    pub fn of_cluster(vol: Arc<Volume>, c: ClusterId) -> CloneFs {
+        CloneFs {
+            root: Some(c),
+            ..CloneFs::new(vol)
+        }
+    }
+
+    /// What a kernel node id stands for. A mount of one cluster is the same id
+    /// space with that cluster's root at the kernel's root id (1): every other id,
+    /// and so every cache entry, means what it means on a whole-store mount.
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        match (self.root, Node::decode(ino.0)) {
+            (Some(c), Some(Node::Root)) => Ok(Node::cluster_root(c)),
+            (_, Some(n)) => Ok(n),
+            (_, None) => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The kernel's node id for `node` (the inverse of [`CloneFs::node`]).
+    fn kernel_id(&self, node: Node) -> INodeNo {
+        match (self.root, node) {
+            (Some(c), Node::File(nc, Ino::ROOT)) if nc == c => Node::Root.id(),
+            _ => node.id(),
         }
     }
 }
 
-fn node(ino: INodeNo) -> Result<Node, Errno> {
-    Node::decode(ino.0).ok_or(Errno::ENOENT)
-}
-
 macro_rules! node_or_reply {
-    ($ino:expr, $reply:ident) => {
-        match node($ino) {
+    ($self:ident, $ino:expr, $reply:ident) => {
+        match $self.node($ino) {
             Ok(n) => n,
             Err(e) => return $reply.error(e),
         }
@@ -205,20 +247,19 @@ impl Filesystem for CloneFs {
     }
 
     fn destroy(&mut self) {
-        match self.vol.close() {
-            Ok(()) => info!(
-                "unmounted; {} committed and closed",
-                self.vol.path().display()
-            ),
+        // The store stays open for the daemon's other mounts; it closes the
+        // volume (the final commit) once the last has gone.
+        match self.vol.commit() {
+            Ok(()) => info!("unmounted; {} committed", self.vol.path().display()),
             Err(e) => error!(
-                "unmounted, but the last commit of {} failed: {e}",
+                "unmounted, but the commit of {} failed: {e}",
                 self.vol.path().display()
             ),
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let parent = node_or_reply!(parent, reply);
+        let parent = node_or_reply!(self, parent, reply);
         debug!("lookup {parent} {name:?}");
         match self.find(parent, name) {
             Ok(e) => self.reply_entry(&e, reply),
@@ -231,10 +272,10 @@ impl Filesystem for CloneFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("getattr {n}");
         match self.attr_of(n) {
-            Ok(a) => reply.attr(&Self::attr_ttl(n), &a),
+            Ok(a) => reply.attr(&self.attr_ttl(n), &a),
             Err(e) => reply.error(self.fail("getattr", n, e)),
         }
     }
@@ -257,7 +298,7 @@ impl Filesystem for CloneFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("setattr {n} mode {mode:?} uid {uid:?} gid {gid:?} size {size:?}");
         let Node::File(c, i) = n else {
             return reply.error(self.refuse("setattr", n, libc::EPERM, "a virtual node"));
@@ -275,7 +316,7 @@ impl Filesystem for CloneFs {
             kill_suidgid: size.is_some() && req.uid() != 0,
         };
         match self.vol.setattr(c, i, &sa) {
-            Ok(a) => reply.attr(&TTL, &self.file_attr(n, &a)),
+            Ok(a) => reply.attr(&self.attr_ttl(n), &self.file_attr(n, &a)),
             Err(e) => reply.error(self.fail("setattr", n, e)),
         }
     }
@@ -299,7 +340,7 @@ impl Filesystem for CloneFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("mknod {p} {name:?} mode {mode:o} rdev {rdev}");
         let Some(kind) = kind_from_mode(mode) else {
             return reply.error(Errno::EINVAL);
@@ -322,7 +363,7 @@ impl Filesystem for CloneFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("mkdir {p} {name:?} mode {mode:o}");
         let who = Self::who(req, mode, umask);
         let made = match p {
@@ -340,11 +381,15 @@ impl Filesystem for CloneFs {
             Node::Control(src) => {
                 let name = String::from_utf8_lossy(name.as_bytes());
                 if self.writeback {
-                    match (self.vol.open_files(src), self.notifier.get()) {
-                        (Ok(open), Some(n)) if !open.is_empty() => {
-                            return self.clone_after_writeback(src, name.into(), open, n, reply);
+                    // Every mount of the daemon: the cluster's dirty pages may sit
+                    // in another mount's page cache (its own mount, say).
+                    match (self.vol.open_files(src), self.notifiers.all()) {
+                        (Ok(open), ns) if !open.is_empty() && !ns.is_empty() => {
+                            return self.clone_after_writeback(src, name.into(), open, ns, reply);
                         }
-                        (Ok(_), None) => error!("no notifier: cloning without a writeback"),
+                        (Ok(_), ns) if ns.is_empty() => {
+                            error!("no notifier: cloning without a writeback")
+                        }
                         _ => {}
                     }
                 }
@@ -362,7 +407,7 @@ impl Filesystem for CloneFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("unlink {p} {name:?}");
         let done = match p {
             Node::Root => match self.find(p, name) {
@@ -381,7 +426,7 @@ impl Filesystem for CloneFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("rmdir {p} {name:?}");
         let done = match p {
             Node::Root if name.as_bytes() == STATUS_NAME.as_bytes() => Err(errno(libc::ENOTDIR)),
@@ -410,7 +455,7 @@ impl Filesystem for CloneFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("symlink {p} {link_name:?} -> {target:?}");
         let who = Self::who(req, 0o777, 0);
         match self.make("symlink", p, link_name, |c, ino| {
@@ -437,8 +482,8 @@ impl Filesystem for CloneFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let p = node_or_reply!(parent, reply);
-        let np = node_or_reply!(newparent, reply);
+        let p = node_or_reply!(self, parent, reply);
+        let np = node_or_reply!(self, newparent, reply);
         debug!("rename {p} {name:?} -> {np} {newname:?} flags {flags}");
         let Some(flags) = rename_flags(flags) else {
             return reply.error(Errno::EINVAL);
@@ -479,8 +524,8 @@ impl Filesystem for CloneFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let n = node_or_reply!(ino, reply);
-        let np = node_or_reply!(newparent, reply);
+        let n = node_or_reply!(self, ino, reply);
+        let np = node_or_reply!(self, newparent, reply);
         debug!("link {n} -> {np} {newname:?}");
         match (n, np) {
             (Node::File(c, _), Node::File(nc, _)) if c != nc => {
@@ -497,7 +542,7 @@ impl Filesystem for CloneFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("open {n} flags {flags:#x}");
         if self.zero_open {
             return reply.error(Errno::ENOSYS);
@@ -540,7 +585,7 @@ impl Filesystem for CloneFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("read {n} {size} at {offset}");
         match n {
             Node::Status => {
@@ -614,7 +659,7 @@ impl Filesystem for CloneFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("release {n}");
         match n {
             Node::Status => {
@@ -637,7 +682,7 @@ impl Filesystem for CloneFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("fsync {n} datasync {datasync}");
         match n {
             Node::File(c, i) => match if datasync {
@@ -666,7 +711,7 @@ impl Filesystem for CloneFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("opendir {n}");
         // Counted like a file's handle: a directory removed while open lives on
         // (fstat, fchdir) until its last releasedir, as on a local file system.
@@ -687,7 +732,7 @@ impl Filesystem for CloneFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("releasedir {n}");
         match n {
             Node::File(c, i) => match self.vol.release_file(c, i) {
@@ -706,12 +751,17 @@ impl Filesystem for CloneFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("readdir {n} from {offset}");
         match self.list(n, offset) {
             Ok(entries) => {
                 for e in entries {
-                    if reply.add(e.node.id(), e.offset, e.kind, OsStr::from_bytes(&e.name)) {
+                    if reply.add(
+                        self.kernel_id(e.node),
+                        e.offset,
+                        e.kind,
+                        OsStr::from_bytes(&e.name),
+                    ) {
                         break;
                     }
                 }
@@ -729,18 +779,18 @@ impl Filesystem for CloneFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("readdirplus {n} from {offset}");
         match self.list(n, offset) {
             Ok(entries) => {
-                let ttl = Self::entry_ttl(n);
+                let ttl = self.entry_ttl(n);
                 for e in entries {
                     // An entry removed since the listing is skipped, not an error.
                     let Ok(attr) = self.attr_of(e.node) else {
                         continue;
                     };
                     if reply.add(
-                        e.node.id(),
+                        self.kernel_id(e.node),
                         e.offset,
                         OsStr::from_bytes(&e.name),
                         &ttl,
@@ -785,7 +835,7 @@ impl Filesystem for CloneFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!(
             "setxattr {n} {name:?} ({} bytes) flags {flags}",
             value.len()
@@ -806,7 +856,7 @@ impl Filesystem for CloneFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("getxattr {n} {name:?} size {size}");
         if let Err(e) = xattr_name(name.as_bytes()) {
             return reply.error(e);
@@ -821,7 +871,7 @@ impl Filesystem for CloneFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("listxattr {n} size {size}");
         let Node::File(c, i) = n else {
             return reply_xattr(&[], size, reply);
@@ -833,7 +883,7 @@ impl Filesystem for CloneFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let n = node_or_reply!(ino, reply);
+        let n = node_or_reply!(self, ino, reply);
         debug!("removexattr {n} {name:?}");
         if let Err(e) = xattr_name(name.as_bytes()) {
             return reply.error(e);
@@ -865,7 +915,7 @@ impl Filesystem for CloneFs {
     ) {
         // No ioctls (isatty() probes arrive here): the usual answer for a file
         // that has none.
-        debug!("ioctl {:?} cmd {cmd:#x}", Node::decode(ino.0));
+        debug!("ioctl {:?} cmd {cmd:#x}", self.node(ino));
         reply.error(Errno::ENOTTY);
     }
 
@@ -879,7 +929,7 @@ impl Filesystem for CloneFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let p = node_or_reply!(parent, reply);
+        let p = node_or_reply!(self, parent, reply);
         debug!("create {p} {name:?} mode {mode:o} flags {flags:#x}");
         if self.zero_open {
             return reply.error(Errno::ENOSYS);

@@ -4,37 +4,75 @@
 //! `mount` returns only once the kernel has answered INIT, so a caller that reports
 //! "ready" after it never reports a mount that is not there. The notifier is set
 //! before any request but INIT is served; a clone that needs it can count on it.
+//!
+//! A mount of one cluster names its source `STORE#CLUSTER` (as mount(8) and
+//! fstab write it); `mounts()` reads the store back from before the `#`.
 
 use super::CloneFs;
+use crate::error::Error;
 use crate::volume::Volume;
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, MountOption, Notifier, Session, SessionACL};
 use log::warn;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How to mount: the choices the command line offers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountConfig {
     pub threads: usize,
     pub allow_other: bool,
     /// FUSE_WRITEBACK_CACHE: writes fill the kernel's page cache and reach the
     /// daemon in writeback; a write's ENOSPC shows at fsync or close instead.
     pub writeback_cache: bool,
+    /// Show this cluster alone at the mount's root; None: the whole store.
+    pub cluster: Option<String>,
 }
 
-/// Mounts `vol` at `mountpoint`; the mount is live (INIT answered) when this returns.
-/// `run()` the session to serve it; it returns when the mount goes away, after the
-/// volume is closed (committed).
+/// The notifiers of every live mount of one volume, by mount point: a clone under
+/// the writeback cache has each kernel mount write back the cluster's dirty pages.
+#[derive(Default)]
+pub struct Notifiers(Mutex<Vec<(PathBuf, Notifier)>>);
+
+impl Notifiers {
+    pub fn all(&self) -> Vec<Notifier> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    fn add(&self, point: &Path, n: Notifier) {
+        self.0.lock().unwrap().push((point.to_owned(), n));
+    }
+
+    /// Forgets the notifier of the mount at `point`, once its session has ended.
+    pub fn remove(&self, point: &Path) {
+        self.0.lock().unwrap().retain(|(p, _)| p != point);
+    }
+}
+
+/// Mounts `vol` at `mountpoint`, the whole store or cluster `mc.cluster` alone; the
+/// mount is live (INIT answered) when this returns, and its notifier is among
+/// `notifiers`. `run()` the session to serve it; it returns when the mount goes
+/// away, after a commit. The volume stays open: closing it is the caller's, once
+/// its last mount has gone.
 pub fn mount(
     vol: Arc<Volume>,
     mountpoint: &Path,
     mc: &MountConfig,
-) -> std::io::Result<Session<CloneFs>> {
+    notifiers: &Arc<Notifiers>,
+) -> Result<Session<CloneFs>, Error> {
     let mut config = Config::default();
+    let mut fsname = vol.path().display().to_string();
+    if let Some(c) = &mc.cluster {
+        fsname = format!("{fsname}#{c}");
+    }
     config.mount_options = vec![
-        MountOption::FSName(vol.path().display().to_string()),
+        MountOption::FSName(fsname),
         MountOption::CUSTOM("subtype=clonefs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
@@ -44,12 +82,18 @@ pub fn mount(
     }
     config.n_threads = Some(mc.threads.max(1));
     config.clone_fd = mc.threads > 1;
-    let mut fs = CloneFs::new(vol);
+    let mut fs = match &mc.cluster {
+        None => CloneFs::new(vol),
+        Some(name) => {
+            let c = vol.cluster_by_name(name)?.id;
+            CloneFs::of_cluster(vol, c)
+        }
+    };
     fs.writeback = mc.writeback_cache;
-    let notifier = fs.notifier.clone();
+    fs.notifiers = notifiers.clone();
     let session = Session::new(fs, mountpoint, &config)?;
     // Before any request but INIT is served: `run()` serves them.
-    let _ = notifier.set(session.notifier());
+    notifiers.add(mountpoint, session.notifier());
     if mc.writeback_cache {
         lift_dirty_limits(mountpoint);
     }
@@ -98,7 +142,11 @@ pub fn cluster_users(store: &Path, cluster: &str) -> Vec<(u32, String)> {
     let dirs: Vec<PathBuf> = mounts()
         .into_iter()
         .filter(|m| m.fstype == "fuse.clonefs" && m.source == store)
-        .map(|m| m.point.join(cluster))
+        .filter_map(|m| match &m.cluster {
+            None => Some(m.point.join(cluster)),
+            Some(c) if c == cluster => Some(m.point),
+            Some(_) => None,
+        })
         .collect();
     if dirs.is_empty() {
         return Vec::new();
@@ -140,6 +188,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// For clonefs: the store file.
     pub source: PathBuf,
+    /// For clonefs: the cluster a mount shows alone (its source is `STORE#CLUSTER`).
+    pub cluster: Option<String>,
 }
 
 /// The mounts this process sees, in mountinfo order: of the entries for one path,
@@ -161,13 +211,29 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let mut right = right.split(' ');
     let fstype = right.next()?;
     let source = right.next()?;
-    let path = |s: &str| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(s)));
+    let path = |s: &[u8]| PathBuf::from(OsStr::from_bytes(s));
+    let source = unescape_mountinfo(source);
+    let (source, cluster) = match split_source(&source) {
+        Some((store, c)) if fstype == "fuse.clonefs" => (store, Some(c.to_owned())),
+        _ => (&source[..], None),
+    };
     Some(MountEntry {
         dev: dev.to_owned(),
-        point: path(point),
+        point: path(&unescape_mountinfo(point)),
         fstype: fstype.to_owned(),
         source: path(source),
+        cluster,
     })
+}
+
+/// `STORE#CLUSTER` -> (STORE, CLUSTER), when what follows the last `#` can be a
+/// cluster's name (so a store path with a `#` in a directory name is no cluster).
+fn split_source(source: &[u8]) -> Option<(&[u8], &str)> {
+    let at = source.iter().rposition(|&b| b == b'#')?;
+    let name = std::str::from_utf8(&source[at + 1..]).ok()?;
+    let plausible =
+        !name.is_empty() && at > 0 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    plausible.then(|| (&source[..at], name))
 }
 
 /// The device number (`MAJOR:MINOR`) of the topmost mount at `mountpoint`.
@@ -228,6 +294,15 @@ mod tests {
         assert_eq!(m.point, Path::new("/mnt/a b"));
         assert_eq!(m.fstype, "fuse.clonefs");
         assert_eq!(m.source, Path::new("/s t"));
+        assert_eq!(m.cluster, None);
+        let m = parse_mountinfo_line(
+            r"36 35 0:52 / /m rw - fuse.clonefs /a#b/s\040t#prod rw,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(m.source, Path::new("/a#b/s t"));
+        assert_eq!(m.cluster.as_deref(), Some("prod"));
+        assert_eq!(split_source(b"/a#b/store"), None);
+        assert_eq!(split_source(b"/store#"), None);
         let dev = mount_device(Path::new("/")).expect("/ in /proc/self/mountinfo");
         let (major, minor) = dev.split_once(':').expect(&dev);
         assert!(

@@ -9,9 +9,9 @@
 //! cached; the clusters' trees change only through this mount, so theirs are.
 
 use super::attr::{errno, file_attr, kind_of};
-use super::{CloneFs, Node, GEN, NO_TTL, STATUS_NAME, TTL};
+use super::{CloneFs, Node, GEN, NO_TTL, SHARED_TTL, STATUS_NAME, TTL};
 use crate::error::Error;
-use crate::volume::{parse_time, Attr, CloneOptions, ClusterId, Ino, Volume};
+use crate::volume::{mounted_busy, parse_time, Attr, CloneOptions, ClusterId, Ino, Volume};
 use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, ReplyEntry};
 use log::{debug, error, warn};
 use std::ffi::OsStr;
@@ -72,10 +72,10 @@ pub(super) fn clone_entry(
         .0
         .id;
     debug!("clone {name} made in {:?}", started.elapsed());
-    let node = Node::Marker(c);
     Ok(Entry {
         attr: marker_attr(vol, blksize, c)?,
-        ttl: CloneFs::entry_ttl(Node::Control(src)).min(CloneFs::attr_ttl(node)),
+        // Names in `.clone` are never cached.
+        ttl: NO_TTL,
     })
 }
 
@@ -85,7 +85,10 @@ impl CloneFs {
     }
 
     pub(super) fn file_attr(&self, node: Node, a: &Attr) -> FileAttr {
-        file_attr(node, a, self.blksize)
+        FileAttr {
+            ino: self.kernel_id(node),
+            ..file_attr(node, a, self.blksize)
+        }
     }
 
     pub(super) fn virtual_attr(
@@ -96,7 +99,7 @@ impl CloneFs {
         nlink: u32,
     ) -> FileAttr {
         FileAttr {
-            ino: node.id(),
+            ino: self.kernel_id(node),
             size: 0,
             blocks: 0,
             atime: self.mounted,
@@ -140,32 +143,44 @@ impl CloneFs {
     }
 
     /// How long the kernel may keep an entry found in directory `parent`.
-    pub(super) fn entry_ttl(parent: Node) -> Duration {
+    pub(super) fn entry_ttl(&self, parent: Node) -> Duration {
         match parent {
-            Node::File(..) => TTL,
+            Node::File(c, _) => self.cluster_ttl(c),
             _ => NO_TTL,
         }
     }
 
     /// How long the kernel may keep the attributes of `node`.
-    pub(super) fn attr_ttl(node: Node) -> Duration {
+    pub(super) fn attr_ttl(&self, node: Node) -> Duration {
         match node {
-            Node::File(..) => TTL,
+            Node::File(c, _) => self.cluster_ttl(c),
             _ => NO_TTL,
+        }
+    }
+
+    /// How long names and attributes in cluster `c` may be cached: a day while
+    /// this mount is the only one showing it (every change then comes through it),
+    /// a moment while another mount shows it too (the whole store beside a mount of
+    /// the cluster alone), whose changes this kernel mount never hears of.
+    fn cluster_ttl(&self, c: ClusterId) -> Duration {
+        if self.vol.mounts_showing(c) > 1 {
+            SHARED_TTL
+        } else {
+            TTL
         }
     }
 
     pub(super) fn entry(&self, parent: Node, node: Node) -> Result<Entry, Error> {
         Ok(Entry {
             attr: self.attr_of(node)?,
-            ttl: Self::entry_ttl(parent).min(Self::attr_ttl(node)),
+            ttl: self.entry_ttl(parent).min(self.attr_ttl(node)),
         })
     }
 
     pub(super) fn entry_from(&self, parent: Node, c: ClusterId, a: &Attr) -> Entry {
         Entry {
             attr: self.file_attr(Node::File(c, a.ino), a),
-            ttl: Self::entry_ttl(parent),
+            ttl: self.entry_ttl(parent),
         }
     }
 
@@ -178,19 +193,28 @@ impl CloneFs {
         src: ClusterId,
         name: String,
         open: Vec<Ino>,
-        notifier: &Notifier,
+        notifiers: Vec<Notifier>,
         reply: ReplyEntry,
     ) {
-        let (vol, notifier, blksize) = (self.vol.clone(), notifier.clone(), self.blksize);
+        let (vol, blksize) = (self.vol.clone(), self.blksize);
         let spawned = std::thread::Builder::new()
             .name("clonefs-clone".into())
             .spawn(move || {
                 let started = Instant::now();
-                for ino in &open {
+                for (ino, notifier) in open
+                    .iter()
+                    .flat_map(|i| notifiers.iter().map(move |n| (i, n)))
+                {
+                    // A file's node id is the same on every mount of the store.
                     let node = Node::File(src, *ino);
                     match notifier.inval_inode(node.id(), 0, 0) {
-                        // The kernel no longer has the inode: nothing of it is cached.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        // The kernel no longer has the inode: nothing of it is
+                        // cached; a mount gone meanwhile has nothing either.
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ENODEV | libc::EBADF)
+                            ) => {}
                         Err(e) => warn!("writing back {node} before a clone: {e}"),
                         Ok(()) => {}
                     }
@@ -384,6 +408,11 @@ impl CloneFs {
                 libc::EPERM,
                 ".clone is the control directory of the cluster",
             )),
+            Node::File(c, _) if self.root != Some(c) && !self.vol.mounted_at(c).is_empty() => {
+                let at = self.vol.mounted_at(c);
+                let name = self.cluster_name(c).unwrap_or_default();
+                Err(self.fail(op, parent, mounted_busy(&name, &at[0])))
+            }
             Node::File(c, ino) => remove(c, ino).map_err(|e| self.fail(op, parent, e)),
             Node::Control(_) => Err(self.refuse(
                 op,
@@ -400,11 +429,10 @@ impl CloneFs {
 
     /// The file an I/O request names, or the errno for a virtual node.
     pub(super) fn file(&self, ino: INodeNo) -> Result<(ClusterId, Ino), Errno> {
-        match Node::decode(ino.0) {
-            Some(Node::File(c, i)) => Ok((c, i)),
-            Some(Node::Status) => Err(errno(libc::EPERM)),
-            Some(_) => Err(errno(libc::EISDIR)),
-            None => Err(errno(libc::ENOENT)),
+        match self.node(ino)? {
+            Node::File(c, i) => Ok((c, i)),
+            Node::Status => Err(errno(libc::EPERM)),
+            _ => Err(errno(libc::EISDIR)),
         }
     }
 }

@@ -157,6 +157,7 @@ impl Volume {
         if cl.settings.lock().unwrap().protected {
             return Err(Error::Protected(name.into()));
         }
+        self.refuse_if_mounted(&cl)?;
         let mut st = cl.state.write().unwrap();
         if only_empty {
             let root = self.load(&st, Ino::ROOT)?;

@@ -14,6 +14,7 @@
 //! | `ranges.rs` | fallocate, seek data/hole, copy_file_range |
 //! | `xattr.rs` | extended attributes |
 //! | `restore.rs` | restore points, restore to a time, reset, protection, expiry |
+//! | `mounted.rs` | where the volume is mounted: a cluster mounted on its own is busy |
 //! | `check.rs` | space per cluster, fsck, the recount walks |
 //! | `space.rs` | space figures from a background walk of the last commit's trees |
 //! | `node.rs` | the tree engine: pages, radix trees, copy-on-write, lazy counts |
@@ -48,6 +49,7 @@ mod commit;
 mod contents;
 pub mod dir;
 pub mod inode;
+mod mounted;
 mod namespace;
 pub mod node;
 mod op;
@@ -62,6 +64,7 @@ use catalog::{Record, Settings};
 pub use check::{FsckProgress, FsckReport};
 use dir::DirIndex;
 pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
+pub use mounted::{mounted_busy, MountPoint};
 use node::{Engine, RecordFormat, Records, Tree};
 pub use restore::{
     parse_duration, parse_time, CloneOptions, ResetTo, Restorable, DEFAULT_RETENTION,
@@ -270,6 +273,8 @@ pub struct Volume {
     saved_counts: Option<crate::store::CountMap>,
     /// The space walker's figures and requests.
     space: space::SpaceShared,
+    /// Where the volume is mounted (see `mounted.rs`).
+    mounts: Mutex<Vec<MountPoint>>,
 }
 
 #[cfg(test)]

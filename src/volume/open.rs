@@ -160,6 +160,7 @@ impl Volume {
             counts_were_saved: loaded.is_some(),
             saved_counts: sb.counts,
             space: Default::default(),
+            mounts: Mutex::default(),
         });
         if !read_only {
             vol.free_orphans()?;

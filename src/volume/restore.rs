@@ -481,6 +481,7 @@ impl Volume {
             if old.settings.lock().unwrap().protected {
                 return Err(Error::Protected(name.into()));
             }
+            self.refuse_if_mounted(&old)?;
             let parent = old.parent.as_deref().map(|p| self.cluster_named(p));
             let image = match (to, parent) {
                 (ResetTo::Parent, Some(Ok(p))) => self.latest_image(&p)?,
@@ -624,7 +625,9 @@ impl Volume {
                 .filter_map(|cl| {
                     let s = cl.settings.lock().unwrap();
                     let e = s.expires_at?;
-                    (e <= now && !s.protected).then(|| (cl.name.clone(), e))
+                    // A cluster mounted on its own waits for its unmount.
+                    (e <= now && !s.protected && self.mounted_at(cl.id).is_empty())
+                        .then(|| (cl.name.clone(), e))
                 })
                 .collect()
         };

@@ -54,6 +54,9 @@ pub struct Mounted {
     mounted: bool,
     /// Extra arguments for `clonefs mount` (e.g. `--allow-other`).
     opts: Vec<String>,
+    /// A cluster mounted alone beside the store mount: its name and mount point.
+    /// `path("NAME/...")` then leads through that mount.
+    alone: Option<(String, PathBuf)>,
 }
 
 impl Mounted {
@@ -88,14 +91,50 @@ impl Mounted {
             pid: None,
             mounted: false,
             opts: opts.iter().map(|o| o.to_string()).collect(),
+            alone: None,
         };
         m.mount_again();
         Some(m)
     }
 
-    /// `rel` under the mount point.
+    /// `rel` under the mount point; under the cluster's own mount if its cluster
+    /// is mounted alone (see [`Mounted::mount_alone`]).
     pub fn path(&self, rel: &str) -> PathBuf {
+        if let Some((c, at)) = &self.alone {
+            match rel.strip_prefix(c.as_str()) {
+                Some("") => return at.clone(),
+                Some(rest) if rest.starts_with('/') => return at.join(&rest[1..]),
+                _ => {}
+            }
+        }
         self.mnt.join(rel)
+    }
+
+    /// Mounts cluster `c` (which must exist) alone beside the store mount, with
+    /// the store mount's options; the store's daemon serves it. From then on
+    /// `path("c/...")` goes through it, and unmounts and remounts take it along.
+    pub fn mount_alone(&mut self, c: &str) {
+        let at = self.dir.path().join(format!("{c}.alone"));
+        std::fs::create_dir_all(&at).unwrap();
+        self.alone = Some((c.to_string(), at));
+        self.mount_cluster();
+    }
+
+    fn mount_cluster(&self) {
+        let Some((c, at)) = &self.alone else {
+            return;
+        };
+        let mut cmd = vec![BIN, "mount", s(&self.store), s(at), "--cluster", c];
+        cmd.extend(self.opts.iter().map(String::as_str));
+        run_ok(&cmd);
+    }
+
+    fn umount_cluster(&self) {
+        if let Some((_, at)) = &self.alone {
+            if is_mounted(at) {
+                run_ok(&[BIN, "umount", s(at)]);
+            }
+        }
     }
 
     pub fn mnt_str(&self) -> &str {
@@ -115,6 +154,7 @@ impl Mounted {
         self.mounted = true;
         self.pid = self.daemon_pid();
         assert!(self.pid.is_some(), "no daemon pid in the status file");
+        self.mount_cluster();
     }
 
     /// Kills the daemon with SIGKILL and detaches the dead mount, as an admin
@@ -123,6 +163,9 @@ impl Mounted {
         // SAFETY: kill has no memory effects; the pid is this guard's own daemon.
         unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
         assert!(self.wait_daemon_exit(20), "the daemon survived SIGKILL");
+        if let Some((_, at)) = &self.alone {
+            run_for(20, &["fusermount3", "-uz", s(at)]);
+        }
         run_for(20, &["fusermount3", "-uz", s(&self.mnt)]);
         self.mounted = is_mounted(&self.mnt);
         assert!(!self.mounted, "the dead mount is still attached");
@@ -160,6 +203,7 @@ impl Mounted {
     /// Unmounts with `clonefs umount` (which waits for the daemon to commit and
     /// exit) and panics if that fails; the guard then has nothing left to do.
     pub fn umount(&mut self) {
+        self.umount_cluster();
         run_ok(&[BIN, "umount", s(&self.mnt)]);
         self.mounted = false;
         assert!(
@@ -172,6 +216,11 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if let Some((_, at)) = &self.alone {
+            if is_mounted(at) && !run(&[BIN, "umount", s(at)]).status.success() {
+                run_for(20, &["fusermount3", "-uz", s(at)]);
+            }
+        }
         if self.mounted {
             let out = run(&[BIN, "umount", s(&self.mnt)]);
             if !out.status.success() {
