@@ -50,6 +50,8 @@ pub(super) struct SpaceState {
     /// A reader wants figures newer than `last`.
     wanted: bool,
     running: bool,
+    /// When the running walk started.
+    started: Option<Instant>,
     /// Bumped to make a running walk give up (close, fsck, a full store).
     pub(super) cancel: u64,
     ended: Option<Instant>,
@@ -68,7 +70,10 @@ impl Volume {
         let durable = self.durable_generation();
         let (lock, cv) = &*self.space;
         let mut st = lock.lock().unwrap();
-        let cheap = st.last.as_ref().is_none_or(|r| r.took < CHEAP_WALK);
+        // A walk already running longer than a cheap one is not cheap either
+        // (the first walk of a large store).
+        let long_running = st.running && st.started.is_some_and(|t| t.elapsed() >= CHEAP_WALK);
+        let cheap = st.last.as_ref().is_none_or(|r| r.took < CHEAP_WALK) && !long_running;
         let wait = if cheap {
             patience
         } else {
@@ -214,6 +219,7 @@ fn walker(vol: Weak<Volume>, shared: SpaceShared) {
             }
             st.wanted = false;
             st.running = true;
+            st.started = Some(Instant::now());
             st.cancel
         };
         let Some(v) = vol.upgrade() else { return };
