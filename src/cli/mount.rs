@@ -291,7 +291,9 @@ pub fn umount(mountpoint: &Path) -> CliResult {
     // has ended, after a commit).
     let socket = socket_path(&m.source);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !exited(pid) {
+    // A daemon whose main thread has exited shows as a zombie while its other
+    // threads still wind down holding the store open: done once its lock is gone.
+    while !exited(pid) || lock_holder(&m.source) == Some(pid) {
         if Instant::now() > deadline {
             return Err(format!(
                 "unmounted {shown}, but its daemon (pid {pid}) still serves it after 60 s; see its log"

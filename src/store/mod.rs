@@ -648,6 +648,31 @@ impl Store {
         Ok(runs)
     }
 
+    /// Sets every page's count to `truth` (a recount of the committed trees, when
+    /// nothing else changes the store) and rebuilds free space from it; returns the
+    /// pages that differed as (page, count held, truth).
+    pub fn correct_counts(&self, truth: &sparse::Counts) -> Vec<(u64, u32, u32)> {
+        let mut wrong = Vec::new();
+        for k in 0..self.refs.chunk_count() {
+            if self.refs.chunk(k).is_none() && truth.chunk(k).is_none() {
+                continue;
+            }
+            let base = k * sparse::CHUNK;
+            for p in base.max(FIRST_DATA_PAGE)..(base + sparse::CHUNK).min(self.capacity) {
+                let held = self.refcount(PageNo(p));
+                let real = truth.get(p).map_or(0, |c| c.load(Ordering::Relaxed));
+                if held != real {
+                    wrong.push((p, held, real));
+                    self.refs.entry(p).store(real, Ordering::Release);
+                }
+            }
+        }
+        if !wrong.is_empty() {
+            self.recount_done();
+        }
+        wrong
+    }
+
     /// Where the saved counts `map` disagree with the counts held now (a recount),
     /// the first `limit` pages as (page, saved, now). The map's own pages hold 1
     /// in it and nothing in the trees: they are not differences.

@@ -7,9 +7,11 @@ use super::inode::{self, Ino, Inode, Kind};
 use super::node::{Engine, NodeKind, Tree, HEADER};
 use super::{ClusterSpace, Volume};
 use crate::error::{Error, Result};
+use crate::store::sparse::Counts;
 use crate::store::{PageNo, StoreSpace};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 impl Volume {
     pub fn statfs(&self) -> StoreSpace {
@@ -101,6 +103,21 @@ impl Volume {
 /// node that fails its checks is logged and not descended: its pages stay allocated
 /// only if another path reaches them, and reads through it report EIO.
 pub fn recount(eng: &Engine, catalog: Tree) -> Result<()> {
+    recount_with(eng, catalog, &|p| {
+        eng.store.incref(p);
+        eng.store.refcount(p)
+    })
+}
+
+/// As [`recount`], into `counts` instead of the store's own.
+pub fn recount_into(eng: &Engine, catalog: Tree, counts: &Counts) -> Result<()> {
+    recount_with(eng, catalog, &|p| {
+        counts.entry(p.0).fetch_add(1, Ordering::Relaxed) + 1
+    })
+}
+
+/// The walk of [`recount`]; `incref` adds a reference and returns the new count.
+fn recount_with(eng: &Engine, catalog: Tree, incref: &dyn Fn(PageNo) -> u32) -> Result<()> {
     if catalog.root.is_none() {
         return Ok(());
     }
@@ -111,8 +128,7 @@ pub fn recount(eng: &Engine, catalog: Tree) -> Result<()> {
             log::error!("a tree references page {p}, outside the store (capacity {cap} pages)");
             continue;
         }
-        eng.store.incref(p);
-        if eng.store.refcount(p) > 1 {
+        if incref(p) > 1 {
             continue;
         }
         if let Some(k) = kind {

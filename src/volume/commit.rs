@@ -13,8 +13,9 @@
 
 use super::catalog::{self};
 use super::node::NodeKind;
-use super::{Catalog, CommitState, Volume};
+use super::{check, Catalog, CommitState, Volume};
 use crate::error::{Error, Result};
+use crate::store::sparse::Counts;
 use crate::store::{CountMap, Superblock};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard, Weak};
@@ -214,6 +215,20 @@ impl Volume {
         if self.eng.counts_suspect.load(Ordering::Relaxed) {
             log::warn!("a damaged page was freed: the next open recounts every reference");
             return Ok(());
+        }
+        // Check the counts held against a recount of the committed trees before
+        // the next open trusts them (a shutdown can afford one walk; a mount is
+        // spared it): a count that drifted is logged and corrected, not kept.
+        let truth = Counts::new(self.eng.store.capacity_pages());
+        check::recount_into(&self.eng, cs.tree, &truth)?;
+        let wrong = self.eng.store.correct_counts(&truth);
+        if !wrong.is_empty() {
+            log::error!(
+                "{} pages had a reference count other than the trees hold, now corrected \
+                 (page, count, references): {:?}",
+                wrong.len(),
+                &wrong[..wrong.len().min(20)]
+            );
         }
         let Some(map) = self.eng.store.save_counts()? else {
             log::warn!("no run of free pages to save the reference counts in");
