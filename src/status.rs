@@ -124,21 +124,16 @@ impl StatusDoc {
     pub fn of(vol: &Volume) -> Result<StatusDoc> {
         let space = vol.statfs();
         let report = vol.space_report(SPACE_WAIT);
-        let mut sizes: HashMap<String, ClusterSpace> = report
+        let sizes: HashMap<&str, &ClusterSpace> = report
             .as_ref()
-            .map(|r| {
-                r.clusters
-                    .iter()
-                    .map(|s| (s.name.clone(), s.clone()))
-                    .collect()
-            })
+            .map(|r| r.clusters.iter().map(|s| (s.name.as_str(), s)).collect())
             .unwrap_or_default();
         let clusters = vol
             .clusters()
             .into_iter()
             .map(|cl| {
-                let space = sizes.remove(&cl.name);
-                ClusterStatus::of(cl, space.as_ref())
+                let space = sizes.get(cl.name.as_str()).copied();
+                ClusterStatus::of(cl, space)
             })
             .collect();
         let mounts = vol

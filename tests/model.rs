@@ -442,7 +442,7 @@ impl Harness {
                 // equals a walk of the live trees with writes held off.
                 let report = self.vol.space_report(Duration::from_secs(30)).unwrap();
                 assert!(report.current, "nothing changed since the commit");
-                let mut walked = report.clusters;
+                let mut walked = (*report.clusters).clone();
                 walked.sort_by(|a, b| a.name.cmp(&b.name));
                 let mut live = self.vol.space().unwrap();
                 live.sort_by(|a, b| a.name.cmp(&b.name));

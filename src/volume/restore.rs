@@ -605,7 +605,7 @@ impl Volume {
         };
         let restore_only = self
             .space_report(crate::status::SPACE_WAIT)
-            .and_then(|r| r.clusters.into_iter().find(|s| s.name == name))
+            .and_then(|r| r.clusters.iter().find(|s| s.name == name).cloned())
             .map_or(0, |s| s.restore_only);
         Ok(Restorable {
             earliest: earliest.map(inode::to_system_time),

@@ -40,7 +40,8 @@ pub struct SpaceReport {
     /// Of the last durable commit, with nothing changed since: the store's figures.
     pub current: bool,
     /// Clusters of that commit, by name (one made later is not among them).
-    pub clusters: Vec<ClusterSpace>,
+    /// Shared by every reader (a store may hold 10,000 clusters).
+    pub clusters: Arc<Vec<ClusterSpace>>,
 }
 
 /// The walker's state, shared with readers.
@@ -187,7 +188,7 @@ impl Volume {
             as_of: SystemTime::now(),
             took: started.elapsed(),
             current: false,
-            clusters,
+            clusters: Arc::new(clusters),
         }))
     }
 }

@@ -195,7 +195,7 @@ fn pinned_walks_among_writers_read_intact_trees_and_end_exact() {
     assert!(report.current);
     let mut live = v.space().unwrap();
     live.sort_by(|a, b| a.name.cmp(&b.name));
-    assert_eq!(report.clusters, live);
+    assert_eq!(*report.clusters, live);
     clean(&v);
 }
 
