@@ -184,7 +184,7 @@ fn pinned_walks_among_writers_read_intact_trees_and_end_exact() {
             let r = v.walk_committed(cancel_at).unwrap();
             let r = r.expect("nobody cancels this walk");
             assert!(r.clusters.iter().any(|c| c.name == "b"));
-            for c in &r.clusters {
+            for c in r.clusters.iter() {
                 assert_eq!(c.shared + c.unique, c.logical, "{c:?}");
             }
         }
