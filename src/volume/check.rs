@@ -201,8 +201,10 @@ pub fn space(
 ) -> Result<Option<Vec<ClusterSpace>>> {
     /// A page reached by two clusters.
     const SHARED: usize = usize::MAX;
-    // page -> (the one cluster reaching it, or SHARED; whether its live tree does).
-    let mut owner: HashMap<u64, (usize, bool)> = HashMap::new();
+    // page -> (the one cluster reaching it, or SHARED; whether its live tree does),
+    // in an array by page number (no hashing: a walk of millions of pages).
+    let owner = Owners(Counts::new(eng.store.capacity_pages()));
+    let mut visited = 0u64;
     for (c, (_, live, points)) in clusters.iter().enumerate() {
         // The live tree first: a point's walk stops where the live tree's went.
         let trees = std::iter::once((*live, true)).chain(points.iter().map(|t| (*t, false)));
@@ -212,21 +214,28 @@ pub fn space(
             }
             let mut stack = vec![(t.root, Some(NodeKind::RadixInodes))];
             while let Some((p, kind)) = stack.pop() {
-                if owner.len().is_multiple_of(4096) && !keep_going() {
+                visited += 1;
+                if visited.is_multiple_of(4096) && !keep_going() {
                     return Ok(None);
                 }
-                let descend = match owner.get(&p.0).copied() {
+                if p.0 >= eng.store.capacity_pages() {
+                    return Err(Error::Corrupt {
+                        page: p.0,
+                        why: "a tree references a page outside the store".into(),
+                    });
+                }
+                let descend = match owner.get(p.0) {
                     None => {
-                        owner.insert(p.0, (c, is_live));
+                        owner.set(p.0, c, is_live);
                         true
                     }
                     Some((SHARED, _)) => false,
                     Some((o, _)) if o != c => {
-                        owner.insert(p.0, (SHARED, true));
+                        owner.set(p.0, SHARED, true);
                         true
                     }
                     Some((_, seen_live)) => {
-                        owner.insert(p.0, (c, seen_live || is_live));
+                        owner.set(p.0, c, seen_live || is_live);
                         is_live && !seen_live
                     }
                 };
@@ -241,7 +250,7 @@ pub fn space(
     let ps = eng.ps as u64;
     let mut unique = vec![0u64; clusters.len()];
     let mut restore_only = vec![0u64; clusters.len()];
-    for &(o, live) in owner.values() {
+    for (o, live) in owner.all() {
         match (o, live) {
             (SHARED, _) => {}
             (o, true) => unique[o] += ps,
@@ -268,6 +277,49 @@ pub fn space(
         })
         .collect::<Result<_>>()?;
     Ok(Some(figures))
+}
+
+/// Who reaches each page, for [`space`]: 0 for no one, else one more than the
+/// cluster's index (all ones below the top bit for SHARED), with the top bit set
+/// if a live tree does.
+struct Owners(Counts);
+
+impl Owners {
+    const LIVE: u32 = 1 << 31;
+    const SHARED: u32 = Self::LIVE - 1;
+
+    fn decode(v: u32) -> (usize, bool) {
+        let o = match v & !Self::LIVE {
+            Self::SHARED => usize::MAX,
+            n => n as usize - 1,
+        };
+        (o, v & Self::LIVE != 0)
+    }
+
+    fn get(&self, page: u64) -> Option<(usize, bool)> {
+        let v = self.0.get(page).map_or(0, |a| a.load(Ordering::Relaxed));
+        (v != 0).then(|| Self::decode(v))
+    }
+
+    fn set(&self, page: u64, owner: usize, live: bool) {
+        let o = if owner == usize::MAX {
+            Self::SHARED
+        } else {
+            owner as u32 + 1
+        };
+        let v = o | if live { Self::LIVE } else { 0 };
+        self.0.entry(page).store(v, Ordering::Relaxed);
+    }
+
+    /// Every page someone reaches.
+    fn all(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        (0..self.0.chunk_count())
+            .filter_map(|k| self.0.chunk(k))
+            .flatten()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&v| v != 0)
+            .map(Self::decode)
+    }
 }
 
 fn subtree_pages(
