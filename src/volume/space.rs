@@ -4,7 +4,7 @@
 //! later epochs. Readers ([`Volume::space_report`]) get the latest figures, with
 //! the commit they are of and their age; a reader that finds them older than the
 //! last commit asks for a new walk, and waits for it if walks are cheap (a small
-//! store), or only a moment if not (a large one: it gets the previous figures).
+//! store), or not at all if not (a large one: it gets the previous figures).
 //! Frees wait while a walk runs, so space comes back up to one walk late.
 //!
 //! The figures are exact for their commit: once the store is quiet they are the
@@ -25,8 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// A walk this quick is worth waiting for (see [`Volume::space_report`]).
 pub const CHEAP_WALK: Duration = Duration::from_millis(100);
-/// How long a reader waits for figures when walks are not cheap.
-pub const SHORT_WAIT: Duration = Duration::from_millis(30);
 
 /// Space figures of every cluster as of one commit.
 #[derive(Clone, Debug)]
@@ -64,9 +62,9 @@ pub(super) type SpaceShared = Arc<(Mutex<SpaceState>, Condvar)>;
 impl Volume {
     /// The latest space figures, asking for newer ones if a commit came since.
     /// When walks are cheap (the last took under [`CHEAP_WALK`]: a small store),
-    /// waits up to `patience` for the new figures; otherwise up to [`SHORT_WAIT`],
-    /// so a reader of a large store gets the previous figures at once. None before
-    /// the first walk ends.
+    /// waits up to `patience` for the new figures; otherwise not at all: a reader
+    /// of a large store gets the previous figures at once. None before the first
+    /// walk ends.
     pub fn space_report(&self, patience: Duration) -> Option<SpaceReport> {
         let durable = self.durable_generation();
         let (lock, cv) = &*self.space;
@@ -75,11 +73,7 @@ impl Volume {
         // (the first walk of a large store).
         let long_running = st.running && st.started.is_some_and(|t| t.elapsed() >= CHEAP_WALK);
         let cheap = st.last.as_ref().is_none_or(|r| r.took < CHEAP_WALK) && !long_running;
-        let wait = if cheap {
-            patience
-        } else {
-            patience.min(SHORT_WAIT)
-        };
+        let wait = if cheap { patience } else { Duration::ZERO };
         let deadline = Instant::now() + wait;
         loop {
             let fresh = st.last.as_ref().is_some_and(|r| r.generation >= durable);
