@@ -161,6 +161,17 @@ impl CloneFs {
     }
 }
 
+/// Replies to a size-0 xattr probe with the length, else with the bytes if they fit.
+pub(super) fn reply_xattr(data: &[u8], size: u32, reply: fuser::ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(fuser::Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,8 +51,8 @@ pub use sessions::{Live, MountError, Sessions};
 
 use crate::error::Error;
 use crate::status::StatusDoc;
-use crate::volume::{ClusterId, Ino, SetAttr, Volume, Whence, Writer};
-use attr::{errno, kind_from_mode, rename_flags, set_time, xattr_mode, xattr_name};
+use crate::volume::{ClusterId, SetAttr, Volume, Whence, Writer};
+use attr::{errno, kind_from_mode, rename_flags, reply_xattr, set_time, xattr_mode, xattr_name};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
@@ -124,17 +124,6 @@ pub struct CloneFs {
     notifiers: Arc<Notifiers>,
 }
 
-/// Replies to a size-0 xattr probe with the length, else with the bytes if they fit.
-fn reply_xattr(data: &[u8], size: u32, reply: ReplyXattr) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if data.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(data);
-    }
-}
-
 impl CloneFs {
     pub fn new(vol: Arc<Volume>) -> CloneFs {
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
@@ -161,25 +150,6 @@ impl CloneFs {
         CloneFs {
             root: Some(c),
             ..CloneFs::new(vol)
-        }
-    }
-
-    /// What a kernel node id stands for. A mount of one cluster is the same id
-    /// space with that cluster's root at the kernel's root id (1): every other id,
-    /// and so every cache entry, means what it means on a whole-store mount.
-    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
-        match (self.root, Node::decode(ino.0)) {
-            (Some(c), Some(Node::Root)) => Ok(Node::cluster_root(c)),
-            (_, Some(n)) => Ok(n),
-            (_, None) => Err(Errno::ENOENT),
-        }
-    }
-
-    /// The kernel's node id for `node` (the inverse of [`CloneFs::node`]).
-    fn kernel_id(&self, node: Node) -> INodeNo {
-        match (self.root, node) {
-            (Some(c), Node::File(nc, Ino::ROOT)) if nc == c => Node::Root.id(),
-            _ => node.id(),
         }
     }
 }

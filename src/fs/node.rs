@@ -84,6 +84,27 @@ impl fmt::Display for Node {
     }
 }
 
+impl super::CloneFs {
+    /// What a kernel node id stands for. A mount of one cluster is the same id
+    /// space with that cluster's root at the kernel's root id (1): every other id,
+    /// and so every cache entry, means what it means on a whole-store mount.
+    pub(super) fn node(&self, ino: INodeNo) -> Result<Node, fuser::Errno> {
+        match (self.root, Node::decode(ino.0)) {
+            (Some(c), Some(Node::Root)) => Ok(Node::cluster_root(c)),
+            (_, Some(n)) => Ok(n),
+            (_, None) => Err(fuser::Errno::ENOENT),
+        }
+    }
+
+    /// The kernel's node id for `node` (the inverse of [`CloneFs::node`]).
+    pub(super) fn kernel_id(&self, node: Node) -> INodeNo {
+        match (self.root, node) {
+            (Some(c), Node::File(nc, Ino::ROOT)) if nc == c => Node::Root.id(),
+            _ => node.id(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
