@@ -635,6 +635,9 @@ impl Store {
             for e in b[COUNTS_HEADER..COUNTS_HEADER + 8 * n].chunks_exact(8) {
                 let len = u32::from_le_bytes(e[0..4].try_into().unwrap()) as u64;
                 let count = u32::from_le_bytes(e[4..8].try_into().unwrap());
+                if len == 0 {
+                    return Err(format!("page {p} holds a run of no pages"));
+                }
                 covered += len;
                 runs.push((len, count));
             }
@@ -689,7 +692,7 @@ impl Store {
         let mut out = Vec::new();
         while let (Some((sl, sc)), Some((nl, nc))) = (s, n) {
             let step = sl.min(nl);
-            if sc != nc {
+            if sc != nc && out.len() < limit {
                 for p in page..page + step {
                     if out.len() < limit && !(own.contains(&p) && sc == 1 && nc == 0) {
                         out.push((p, sc, nc));
