@@ -114,6 +114,25 @@ impl Drop for Cleanup {
     }
 }
 
+/// A new 1 GiB store in a temporary directory (named from `prefix`) with empty
+/// mount points `all`, `m1`, `m2` and `m3`, mounted whole at `all`; the cleanup
+/// holds that mount and whatever the test adds.
+fn store_mounted_at_all(prefix: &str) -> (tempfile::TempDir, PathBuf, Cleanup) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let store = d("s.clonefs");
+    for m in ["all", "m1", "m2", "m3"] {
+        fs::create_dir(d(m)).unwrap();
+    }
+    run_ok(&[BIN, "mkfs", s(&store), "--size", "1G"]);
+    run_ok(&[BIN, "mount", s(&store), s(&d("all"))]);
+    let c = Cleanup {
+        store: store.clone(),
+        points: vec![d("all")],
+    };
+    (dir, store, c)
+}
+
 fn failed_with(cmd: &[&str], says: &str) {
     let out = run(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -126,22 +145,8 @@ fn clusters_mounted_alone_beside_the_store_mount_share_one_daemon() {
     if unusable() {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("clonefs-points.")
-        .tempdir()
-        .unwrap();
+    let (dir, store, mut c) = store_mounted_at_all("clonefs-points.");
     let d = |n: &str| dir.path().join(n);
-    let store = d("s.clonefs");
-    let mut c = Cleanup {
-        store: store.clone(),
-        points: Vec::new(),
-    };
-    for m in ["all", "m1", "m2", "m3"] {
-        fs::create_dir(d(m)).unwrap();
-    }
-    run_ok(&[BIN, "mkfs", s(&store), "--size", "1G"]);
-    run_ok(&[BIN, "mount", s(&store), s(&d("all"))]);
-    c.points.push(d("all"));
     fs::create_dir(d("all/prod")).unwrap();
     fs::write(d("all/prod/f"), "p").unwrap();
 
@@ -305,21 +310,8 @@ fn mount_a_from_an_fstab_mounts_two_clusters_of_one_store() {
     if unusable() {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("clonefs-fstab.")
-        .tempdir()
-        .unwrap();
+    let (dir, store, mut c) = store_mounted_at_all("clonefs-fstab.");
     let d = |n: &str| dir.path().join(n);
-    let store = d("s.clonefs");
-    let mut c = Cleanup {
-        store: store.clone(),
-        points: Vec::new(),
-    };
-    for m in ["all", "m1", "m2", "m3"] {
-        fs::create_dir(d(m)).unwrap();
-    }
-    run_ok(&[BIN, "mkfs", s(&store), "--size", "1G"]);
-    run_ok(&[BIN, "mount", s(&store), s(&d("all"))]);
     fs::create_dir(d("all/prod")).unwrap();
     fs::write(d("all/prod/f"), "p").unwrap();
     fs::create_dir(d("all/prod/.clone/test")).unwrap();

@@ -54,15 +54,7 @@ impl Volume {
             let gate = self.gate.write().unwrap();
             if self.read_only || !self.eng.has_pending() {
                 let cs = self.commit.lock().unwrap();
-                let cat = self.catalog.read().unwrap();
-                let clusters: Vec<(String, Tree, u64, u64)> = cat
-                    .by_name
-                    .values()
-                    .map(|c| {
-                        let st = c.state.read().unwrap();
-                        (c.name.clone(), st.itable, st.next_ino, st.orphans)
-                    })
-                    .collect();
+                let clusters = self.fsck_clusters();
                 let mut r = fsck(&self.eng, cs.tree, &clusters, !self.read_only, progress);
                 if let Ok(r) = &mut r {
                     self.check_saved_counts(r);
@@ -76,6 +68,19 @@ impl Volume {
 }
 
 impl Volume {
+    /// What fsck checks of each cluster: name, inode table, next inode number and
+    /// orphans, as they are now (the caller holds changes off).
+    pub(super) fn fsck_clusters(&self) -> Vec<(String, Tree, u64, u64)> {
+        let cat = self.catalog.read().unwrap();
+        cat.by_name
+            .values()
+            .map(|c| {
+                let st = c.state.read().unwrap();
+                (c.name.clone(), st.itable, st.next_ino, st.orphans)
+            })
+            .collect()
+    }
+
     /// A store closed cleanly names the counts it saved; a check (which recounts
     /// at open) compares them with its recount: the next mount will trust them.
     fn check_saved_counts(&self, r: &mut FsckReport) {

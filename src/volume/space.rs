@@ -197,19 +197,15 @@ fn walker(vol: Weak<Volume>, shared: SpaceShared) {
                 if st.stop {
                     return;
                 }
-                let rested = match (&st.last, st.ended) {
-                    (Some(r), Some(ended)) => ended.elapsed() >= r.took * 4,
-                    _ => true,
+                // Rest 4x the last walk's length after it before the next.
+                let rest = match (&st.last, st.ended) {
+                    (Some(r), Some(ended)) => (r.took * 4).saturating_sub(ended.elapsed()),
+                    _ => Duration::ZERO,
                 };
-                if st.wanted && rested {
-                    break;
-                }
-                st = match (st.wanted, &st.last, st.ended) {
-                    (true, Some(r), Some(ended)) => {
-                        let rest = (r.took * 4).saturating_sub(ended.elapsed());
-                        cv.wait_timeout(st, rest).unwrap().0
-                    }
-                    _ => cv.wait(st).unwrap(),
+                st = match (st.wanted, rest.is_zero()) {
+                    (true, true) => break,
+                    (true, false) => cv.wait_timeout(st, rest).unwrap().0,
+                    (false, _) => cv.wait(st).unwrap(),
                 };
             }
             st.wanted = false;

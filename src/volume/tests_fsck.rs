@@ -242,15 +242,7 @@ fn shared_and_reference(v: &Volume) -> (FsckReport, FsckReport) {
     let shared = v.fsck().unwrap();
     let _gate = v.gate.write().unwrap();
     let cs = v.commit.lock().unwrap();
-    let cat = v.catalog.read().unwrap();
-    let clusters: Vec<_> = cat
-        .by_name
-        .values()
-        .map(|c| {
-            let st = c.state.read().unwrap();
-            (c.name.clone(), st.itable, st.next_ino, st.orphans)
-        })
-        .collect();
+    let clusters = v.fsck_clusters();
     let reference = super::tests_fsck_reference::fsck(&v.eng, cs.tree, &clusters, true).unwrap();
     (shared, reference)
 }
