@@ -234,8 +234,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _turn = self.workers.start_request(false);
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let parent = node_or_reply!(self, parent, reply);
         debug!("lookup {parent} {name:?}");
         match self.find(parent, name) {
@@ -244,13 +244,13 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _turn = self.workers.start_request(false);
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let _turn = self.workers.start_request(req.pid(), false);
         self.forget_node(ino, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _turn = self.workers.start_request(false);
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("getattr {n}");
         match self.attr_of(n) {
@@ -277,7 +277,7 @@ impl Filesystem for CloneFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("setattr {n} mode {mode:?} uid {uid:?} gid {gid:?} size {size:?}");
         let Node::File(c, i) = n else {
@@ -301,8 +301,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _turn = self.workers.start_request(false);
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("readlink {}", Node::File(c, i));
         match self.vol.readlink(c, i) {
@@ -321,7 +321,7 @@ impl Filesystem for CloneFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("mknod {p} {name:?} mode {mode:o} rdev {rdev}");
         let Some(kind) = kind_from_mode(mode) else {
@@ -345,7 +345,7 @@ impl Filesystem for CloneFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(true);
+        let _turn = self.workers.start_request(req.pid(), true);
         let p = node_or_reply!(self, parent, reply);
         debug!("mkdir {p} {name:?} mode {mode:o}");
         let who = Self::who(req, mode, umask);
@@ -389,8 +389,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(false);
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("unlink {p} {name:?}");
         let done = match p {
@@ -409,8 +409,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(true);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.workers.start_request(req.pid(), true);
         let p = node_or_reply!(self, parent, reply);
         debug!("rmdir {p} {name:?}");
         let done = match p {
@@ -440,7 +440,7 @@ impl Filesystem for CloneFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("symlink {p} {link_name:?} -> {target:?}");
         let who = Self::who(req, 0o777, 0);
@@ -460,7 +460,7 @@ impl Filesystem for CloneFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -468,7 +468,7 @@ impl Filesystem for CloneFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         let np = node_or_reply!(self, newparent, reply);
         debug!("rename {p} {name:?} -> {np} {newname:?} flags {flags}");
@@ -505,13 +505,13 @@ impl Filesystem for CloneFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         let np = node_or_reply!(self, newparent, reply);
         debug!("link {n} -> {np} {newname:?}");
@@ -529,8 +529,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.workers.start_request(false);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("open {n} flags {flags:#x}");
         if self.zero_open {
@@ -565,7 +565,7 @@ impl Filesystem for CloneFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -574,7 +574,7 @@ impl Filesystem for CloneFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("read {n} {size} at {offset}");
         match n {
@@ -600,7 +600,7 @@ impl Filesystem for CloneFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -610,7 +610,7 @@ impl Filesystem for CloneFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
         // FUSE_HANDLE_KILLPRIV_V2: the kernel flags every write by a caller without
@@ -627,13 +627,13 @@ impl Filesystem for CloneFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         // Nothing is buffered here, and the kernel keeps POSIX locks and flocks itself
         // (no FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS). ENOSYS once and the kernel sends no
         // FLUSH again (`fc->no_flush`): close costs no round trip. With the writeback
@@ -643,7 +643,7 @@ impl Filesystem for CloneFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -651,7 +651,7 @@ impl Filesystem for CloneFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("release {n}");
         match n {
@@ -669,13 +669,13 @@ impl Filesystem for CloneFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(true);
+        let _turn = self.workers.start_request(req.pid(), true);
         let n = node_or_reply!(self, ino, reply);
         debug!("fsync {n} datasync {datasync}");
         match n {
@@ -699,14 +699,14 @@ impl Filesystem for CloneFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(true);
+        let _turn = self.workers.start_request(req.pid(), true);
         // Databases fsync a directory to make a create or rename durable: answering
         // ENOSYS would make the kernel report success without doing anything.
         self.fsync(req, ino, fh, datasync, reply)
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.workers.start_request(false);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("opendir {n}");
         // Counted like a file's handle: a directory removed while open lives on
@@ -722,13 +722,13 @@ impl Filesystem for CloneFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("releasedir {n}");
         match n {
@@ -742,13 +742,13 @@ impl Filesystem for CloneFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("readdir {n} from {offset}");
         self.reply_dir(n, offset, reply);
@@ -756,20 +756,20 @@ impl Filesystem for CloneFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("readdirplus {n} from {offset}");
         self.reply_dir_plus(n, offset, reply);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _turn = self.workers.start_request(false);
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let s = self.vol.statfs();
         let ps = s.page_size.max(1);
         reply.statfs(
@@ -786,7 +786,7 @@ impl Filesystem for CloneFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -794,7 +794,7 @@ impl Filesystem for CloneFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!(
             "setxattr {n} {name:?} ({} bytes) flags {flags}",
@@ -815,8 +815,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _turn = self.workers.start_request(false);
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("getxattr {n} {name:?} size {size}");
         if let Err(e) = xattr_name(name.as_bytes()) {
@@ -831,8 +831,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _turn = self.workers.start_request(false);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("listxattr {n} size {size}");
         let Node::File(c, i) = n else {
@@ -844,8 +844,8 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(false);
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("removexattr {n} {name:?}");
         if let Err(e) = xattr_name(name.as_bytes()) {
@@ -860,15 +860,15 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(false);
+    fn access(&self, req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _turn = self.workers.start_request(req.pid(), false);
         // default_permissions: the kernel checks modes itself.
         reply.ok();
     }
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -877,7 +877,7 @@ impl Filesystem for CloneFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         // No ioctls (isatty() probes arrive here): the usual answer for a file
         // that has none.
         debug!("ioctl {:?} cmd {cmd:#x}", self.node(ino));
@@ -894,7 +894,7 @@ impl Filesystem for CloneFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("create {p} {name:?} mode {mode:o} flags {flags:#x}");
         if self.zero_open {
@@ -917,7 +917,7 @@ impl Filesystem for CloneFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -925,7 +925,7 @@ impl Filesystem for CloneFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(true);
+        let _turn = self.workers.start_request(req.pid(), true);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!(
             "fallocate {} {length} at {offset} mode {mode:#x}",
@@ -939,14 +939,14 @@ impl Filesystem for CloneFs {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _turn = self.workers.start_request(false);
+        let _turn = self.workers.start_request(req.pid(), false);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("lseek {} {offset} whence {whence}", Node::File(c, i));
         let whence = match whence {
@@ -967,7 +967,7 @@ impl Filesystem for CloneFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -978,7 +978,7 @@ impl Filesystem for CloneFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _turn = self.workers.start_request(true);
+        let _turn = self.workers.start_request(req.pid(), true);
         let (sc, si) = file_or_reply!(self, ino_in, reply);
         let (dc, di) = file_or_reply!(self, ino_out, reply);
         debug!(

@@ -8,14 +8,16 @@
 //! on a small VM (unpacking 41,874 files: 5.3 s with four workers waiting, 3.9 s
 //! with one, median of four runs each). So a worker that finishes a request while
 //! another waits in the kernel parks here instead of waiting there too, and in a
-//! run of requests one worker serves them all. Concurrency comes back when it is
-//! needed: a request that may wait long (fsync, a clone, ...) unparks a worker as
-//! it starts, and a watchdog unparks one when every worker outside the park has
-//! been busy for [`BUSY`] (a read from a cold disk, a commit). A parked worker goes
-//! back to the kernel after [`PARK_MAX`] in any case, so that each sees the end of
-//! its session.
+//! run of requests one worker serves them all. That is right only while one
+//! program makes the requests: once requests of two processes follow each other,
+//! no worker parks for [`TOGETHER`] and one is unparked (four fio jobs served by
+//! one worker ran at a third to a half of their IOPS). A request that may wait long
+//! (fsync, a clone, ...) unparks a worker as it starts, and a watchdog unparks one
+//! when every worker outside the park has been busy for [`BUSY`] (a read from a
+//! cold disk, a commit). A parked worker goes back to the kernel after
+//! [`PARK_MAX`] in any case, so that each sees the end of its session.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,8 @@ const BUSY: Duration = Duration::from_millis(1);
 const IDLE_TICK: Duration = Duration::from_millis(50);
 /// The longest a worker stays parked.
 const PARK_MAX: Duration = Duration::from_millis(100);
+/// How long after requests of two processes follow each other no worker parks.
+const TOGETHER: Duration = Duration::from_millis(100);
 
 pub(super) struct Workers {
     state: Mutex<State>,
@@ -32,6 +36,11 @@ pub(super) struct Workers {
     epoch: Instant,
     /// When the latest request started, in microseconds since `epoch`.
     last_start: AtomicU64,
+    /// The process that made it.
+    last_pid: AtomicU32,
+    /// Until when (microseconds since `epoch`) no worker parks: requests of
+    /// different processes came one after the other, so they may come at once.
+    together_until: AtomicU64,
 }
 
 #[derive(Default)]
@@ -60,6 +69,8 @@ impl Workers {
             unparked: Condvar::new(),
             epoch: Instant::now(),
             last_start: AtomicU64::new(0),
+            last_pid: AtomicU32::new(0),
+            together_until: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&workers);
         if threads > 1 {
@@ -79,16 +90,32 @@ impl Workers {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// A worker starts a request; `may_wait` if it may take long.
-    pub(super) fn start_request(&self, may_wait: bool) -> Turn<'_> {
-        self.last_start.store(self.now_us(), Ordering::Relaxed);
+    /// A worker starts a request of process `pid`; `may_wait` if it may take long.
+    pub(super) fn start_request(&self, pid: u32, may_wait: bool) -> Turn<'_> {
+        let now = self.now_us();
+        self.last_start.store(now, Ordering::Relaxed);
+        // Requests the kernel makes itself (pid 0) say nothing about programs.
+        let prev = match pid {
+            0 => 0,
+            _ => self.last_pid.swap(pid, Ordering::Relaxed),
+        };
+        let other = prev != 0 && prev != pid;
+        if other {
+            let until = now + TOGETHER.as_micros() as u64;
+            self.together_until.store(until, Ordering::Relaxed);
+        }
         let mut st = self.state.lock().unwrap();
         st.reading = st.reading.saturating_sub(1);
         st.busy += 1;
-        if may_wait && st.reading == 0 {
+        if (may_wait || other) && st.reading == 0 {
             self.unpark_one(&mut st);
         }
         Turn(self)
+    }
+
+    /// Whether requests of one process alone have come for a while.
+    fn alone(&self) -> bool {
+        self.now_us() >= self.together_until.load(Ordering::Relaxed)
     }
 
     fn unpark_one(&self, st: &mut State) {
@@ -104,7 +131,7 @@ impl Drop for Turn<'_> {
         let w = self.0;
         let mut st = w.state.lock().unwrap();
         st.busy -= 1;
-        if st.reading > 0 {
+        if st.reading > 0 && w.alone() {
             st.parked += 1;
             let since = Instant::now();
             loop {
@@ -159,11 +186,11 @@ mod tests {
         let w = Workers::start(2);
         let w2 = w.clone();
         // Worker A takes a request and, finishing it while B reads, parks.
-        let a = std::thread::spawn(move || drop(w2.start_request(false)));
+        let a = std::thread::spawn(move || drop(w2.start_request(7, false)));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(w.state.lock().unwrap().parked, 1);
         // B takes a request that may wait: A is unparked at once.
-        let turn = w.start_request(true);
+        let turn = w.start_request(7, true);
         a.join().unwrap();
         let st = w.state.lock().unwrap();
         assert_eq!((st.parked, st.reading, st.busy), (0, 1, 1));
@@ -172,14 +199,28 @@ mod tests {
     }
 
     #[test]
+    fn no_worker_parks_while_two_programs_make_requests() {
+        let w = Workers::start(2);
+        let w2 = w.clone();
+        drop(w.start_request(7, false));
+        // A request of another process: the worker goes back to the kernel.
+        let t = Instant::now();
+        std::thread::spawn(move || drop(w2.start_request(8, false)))
+            .join()
+            .unwrap();
+        assert!(t.elapsed() < PARK_MAX / 2);
+        assert_eq!(w.state.lock().unwrap().reading, 2);
+    }
+
+    #[test]
     fn the_watchdog_unparks_a_worker_when_the_reader_stays_busy() {
         let w = Workers::start(2);
         let w2 = w.clone();
-        let a = std::thread::spawn(move || drop(w2.start_request(false)));
+        let a = std::thread::spawn(move || drop(w2.start_request(7, false)));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(w.state.lock().unwrap().parked, 1);
         // B is busy with a request that was not expected to wait.
-        let turn = w.start_request(false);
+        let turn = w.start_request(7, false);
         let t = Instant::now();
         a.join().unwrap();
         assert!(
@@ -195,12 +236,12 @@ mod tests {
         let w = Workers::start(1);
         // One worker: nobody else reads, so it never parks.
         let t = Instant::now();
-        drop(w.start_request(false));
+        drop(w.start_request(7, false));
         assert!(t.elapsed() < Duration::from_millis(10));
         let w = Workers::start(3);
         let w2 = w.clone();
         let t = Instant::now();
-        std::thread::spawn(move || drop(w2.start_request(false)))
+        std::thread::spawn(move || drop(w2.start_request(7, false)))
             .join()
             .unwrap();
         let waited = t.elapsed();
