@@ -34,8 +34,7 @@
 //! The parts: `node` (the id layout), `handles` (zero-message open: what keeps a
 //! file alive without OPEN), `namespace` (what each node is and what a
 //! request on it decides), `attr` (translation of attributes, flags and errors),
-//! `mount` (the session), `sessions` (the mounts of one daemon), `workers` (which
-//! worker reads the next request). This file is the
+//! `mount` (the session), `sessions` (the mounts of one daemon). This file is the
 //! `Filesystem` impl: each handler decodes, calls one of those or the volume, and
 //! replies.
 
@@ -45,7 +44,6 @@ mod mount;
 mod namespace;
 mod node;
 mod sessions;
-mod workers;
 
 pub use mount::{cluster_users, mount, mounts, MountConfig, MountEntry, Notifiers};
 pub use node::Node;
@@ -70,7 +68,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use workers::Workers;
 
 /// Name of the hidden status file at the mount root.
 pub const STATUS_NAME: &str = ".clonefs-status";
@@ -125,8 +122,6 @@ pub struct CloneFs {
     /// The notifiers of every mount of this daemon, this one's once its session
     /// exists: how a clone asks the kernel for those pages.
     notifiers: Arc<Notifiers>,
-    /// Which of the session's workers reads the next request.
-    workers: Arc<Workers>,
 }
 
 impl CloneFs {
@@ -147,7 +142,6 @@ impl CloneFs {
             next_fh: AtomicU64::new(1),
             writeback: false,
             notifiers: Arc::default(),
-            workers: Workers::start(1),
         }
     }
 
@@ -234,8 +228,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = node_or_reply!(self, parent, reply);
         debug!("lookup {parent} {name:?}");
         match self.find(parent, name) {
@@ -244,13 +237,11 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.forget_node(ino, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let n = node_or_reply!(self, ino, reply);
         debug!("getattr {n}");
         match self.attr_of(n) {
@@ -277,7 +268,6 @@ impl Filesystem for CloneFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("setattr {n} mode {mode:?} uid {uid:?} gid {gid:?} size {size:?}");
         let Node::File(c, i) = n else {
@@ -301,8 +291,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("readlink {}", Node::File(c, i));
         match self.vol.readlink(c, i) {
@@ -321,7 +310,6 @@ impl Filesystem for CloneFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("mknod {p} {name:?} mode {mode:o} rdev {rdev}");
         let Some(kind) = kind_from_mode(mode) else {
@@ -345,7 +333,6 @@ impl Filesystem for CloneFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(req.pid(), true);
         let p = node_or_reply!(self, parent, reply);
         debug!("mkdir {p} {name:?} mode {mode:o}");
         let who = Self::who(req, mode, umask);
@@ -389,8 +376,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = node_or_reply!(self, parent, reply);
         debug!("unlink {p} {name:?}");
         let done = match p {
@@ -409,8 +395,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(req.pid(), true);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = node_or_reply!(self, parent, reply);
         debug!("rmdir {p} {name:?}");
         let done = match p {
@@ -440,7 +425,6 @@ impl Filesystem for CloneFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("symlink {p} {link_name:?} -> {target:?}");
         let who = Self::who(req, 0o777, 0);
@@ -460,7 +444,7 @@ impl Filesystem for CloneFs {
 
     fn rename(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -468,7 +452,6 @@ impl Filesystem for CloneFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         let np = node_or_reply!(self, newparent, reply);
         debug!("rename {p} {name:?} -> {np} {newname:?} flags {flags}");
@@ -505,13 +488,12 @@ impl Filesystem for CloneFs {
 
     fn link(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         let np = node_or_reply!(self, newparent, reply);
         debug!("link {n} -> {np} {newname:?}");
@@ -529,8 +511,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let n = node_or_reply!(self, ino, reply);
         debug!("open {n} flags {flags:#x}");
         if self.zero_open {
@@ -565,7 +546,7 @@ impl Filesystem for CloneFs {
 
     fn read(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -574,7 +555,6 @@ impl Filesystem for CloneFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("read {n} {size} at {offset}");
         match n {
@@ -600,7 +580,7 @@ impl Filesystem for CloneFs {
 
     fn write(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -610,7 +590,6 @@ impl Filesystem for CloneFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
         // FUSE_HANDLE_KILLPRIV_V2: the kernel flags every write by a caller without
@@ -627,13 +606,12 @@ impl Filesystem for CloneFs {
 
     fn flush(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         // Nothing is buffered here, and the kernel keeps POSIX locks and flocks itself
         // (no FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS). ENOSYS once and the kernel sends no
         // FLUSH again (`fc->no_flush`): close costs no round trip. With the writeback
@@ -643,7 +621,7 @@ impl Filesystem for CloneFs {
 
     fn release(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -651,7 +629,6 @@ impl Filesystem for CloneFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("release {n}");
         match n {
@@ -669,13 +646,12 @@ impl Filesystem for CloneFs {
 
     fn fsync(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), true);
         let n = node_or_reply!(self, ino, reply);
         debug!("fsync {n} datasync {datasync}");
         match n {
@@ -699,14 +675,12 @@ impl Filesystem for CloneFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), true);
         // Databases fsync a directory to make a create or rename durable: answering
         // ENOSYS would make the kernel report success without doing anything.
         self.fsync(req, ino, fh, datasync, reply)
     }
 
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let n = node_or_reply!(self, ino, reply);
         debug!("opendir {n}");
         // Counted like a file's handle: a directory removed while open lives on
@@ -722,13 +696,12 @@ impl Filesystem for CloneFs {
 
     fn releasedir(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("releasedir {n}");
         match n {
@@ -742,34 +715,72 @@ impl Filesystem for CloneFs {
 
     fn readdir(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectory,
+        mut reply: ReplyDirectory,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("readdir {n} from {offset}");
-        self.reply_dir(n, offset, reply);
+        match self.list(n, offset) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(
+                        self.kernel_id(e.node),
+                        e.offset,
+                        e.kind,
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(self.fail("readdir", n, e)),
+        }
     }
 
     fn readdirplus(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectoryPlus,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!("readdirplus {n} from {offset}");
-        self.reply_dir_plus(n, offset, reply);
+        match self.list(n, offset) {
+            Ok(entries) => {
+                let ttl = self.entry_ttl(n);
+                for e in entries {
+                    // An entry removed since the listing is skipped, not an error.
+                    let Ok(attr) = self.attr_of(e.node) else {
+                        continue;
+                    };
+                    if reply.add(
+                        self.kernel_id(e.node),
+                        e.offset,
+                        OsStr::from_bytes(&e.name),
+                        &ttl,
+                        &attr,
+                        GEN,
+                    ) {
+                        break;
+                    }
+                    // The kernel keeps every entry but the dots: each is a lookup.
+                    if e.name != b"." && e.name != b".." {
+                        self.counted(Some(e.node));
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(self.fail("readdirplus", n, e)),
+        }
     }
 
-    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.vol.statfs();
         let ps = s.page_size.max(1);
         reply.statfs(
@@ -786,7 +797,7 @@ impl Filesystem for CloneFs {
 
     fn setxattr(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -794,7 +805,6 @@ impl Filesystem for CloneFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let n = node_or_reply!(self, ino, reply);
         debug!(
             "setxattr {n} {name:?} ({} bytes) flags {flags}",
@@ -815,8 +825,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let n = node_or_reply!(self, ino, reply);
         debug!("getxattr {n} {name:?} size {size}");
         if let Err(e) = xattr_name(name.as_bytes()) {
@@ -831,8 +840,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let n = node_or_reply!(self, ino, reply);
         debug!("listxattr {n} size {size}");
         let Node::File(c, i) = n else {
@@ -844,8 +852,7 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let n = node_or_reply!(self, ino, reply);
         debug!("removexattr {n} {name:?}");
         if let Err(e) = xattr_name(name.as_bytes()) {
@@ -860,15 +867,14 @@ impl Filesystem for CloneFs {
         }
     }
 
-    fn access(&self, req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _turn = self.workers.start_request(req.pid(), false);
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel checks modes itself.
         reply.ok();
     }
 
     fn ioctl(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -877,7 +883,6 @@ impl Filesystem for CloneFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         // No ioctls (isatty() probes arrive here): the usual answer for a file
         // that has none.
         debug!("ioctl {:?} cmd {cmd:#x}", self.node(ino));
@@ -894,7 +899,6 @@ impl Filesystem for CloneFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let p = node_or_reply!(self, parent, reply);
         debug!("create {p} {name:?} mode {mode:o} flags {flags:#x}");
         if self.zero_open {
@@ -917,7 +921,7 @@ impl Filesystem for CloneFs {
 
     fn fallocate(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -925,7 +929,6 @@ impl Filesystem for CloneFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.workers.start_request(req.pid(), true);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!(
             "fallocate {} {length} at {offset} mode {mode:#x}",
@@ -939,14 +942,13 @@ impl Filesystem for CloneFs {
 
     fn lseek(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _turn = self.workers.start_request(req.pid(), false);
         let (c, i) = file_or_reply!(self, ino, reply);
         debug!("lseek {} {offset} whence {whence}", Node::File(c, i));
         let whence = match whence {
@@ -967,7 +969,7 @@ impl Filesystem for CloneFs {
 
     fn copy_file_range(
         &self,
-        req: &Request,
+        _req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -978,7 +980,6 @@ impl Filesystem for CloneFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _turn = self.workers.start_request(req.pid(), true);
         let (sc, si) = file_or_reply!(self, ino_in, reply);
         let (dc, di) = file_or_reply!(self, ino_out, reply);
         debug!(

@@ -8,7 +8,6 @@
 //! A mount of one cluster names its source `STORE#CLUSTER` (as mount(8) and
 //! fstab write it); `mounts()` reads the store back from before the `#`.
 
-use super::workers::Workers;
 use super::CloneFs;
 use crate::error::Error;
 use crate::volume::Volume;
@@ -92,7 +91,6 @@ pub fn mount(
     };
     fs.writeback = mc.writeback_cache;
     fs.notifiers = notifiers.clone();
-    fs.workers = Workers::start(mc.threads.max(1));
     let session = Session::new(fs, mountpoint, &config)?;
     // Before any request but INIT is served: `run()` serves them.
     notifiers.add(mountpoint, session.notifier());

@@ -12,9 +12,7 @@ use super::attr::{errno, file_attr, kind_of};
 use super::{CloneFs, Node, GEN, NO_TTL, SHARED_TTL, STATUS_NAME, TTL};
 use crate::error::Error;
 use crate::volume::{mounted_busy, parse_time, Attr, CloneOptions, ClusterId, Ino, Volume};
-use fuser::{
-    Errno, FileAttr, FileType, INodeNo, Notifier, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-};
+use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, ReplyEntry};
 use log::{debug, error, warn};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -435,58 +433,6 @@ impl CloneFs {
             Node::File(c, i) => Ok((c, i)),
             Node::Status => Err(errno(libc::EPERM)),
             _ => Err(errno(libc::EISDIR)),
-        }
-    }
-
-    /// Replies to READDIR on `n` with its entries from `offset`.
-    pub(super) fn reply_dir(&self, n: Node, offset: u64, mut reply: ReplyDirectory) {
-        match self.list(n, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        self.kernel_id(e.node),
-                        e.offset,
-                        e.kind,
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(self.fail("readdir", n, e)),
-        }
-    }
-
-    /// Replies to READDIRPLUS on `n`: entries from `offset` with their attributes,
-    /// each (but the dots) a reference the kernel takes.
-    pub(super) fn reply_dir_plus(&self, n: Node, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.list(n, offset) {
-            Ok(entries) => {
-                let ttl = self.entry_ttl(n);
-                for e in entries {
-                    // An entry removed since the listing is skipped, not an error.
-                    let Ok(attr) = self.attr_of(e.node) else {
-                        continue;
-                    };
-                    if reply.add(
-                        self.kernel_id(e.node),
-                        e.offset,
-                        OsStr::from_bytes(&e.name),
-                        &ttl,
-                        &attr,
-                        GEN,
-                    ) {
-                        break;
-                    }
-                    // The kernel keeps every entry but the dots: each is a lookup.
-                    if e.name != b"." && e.name != b".." {
-                        self.counted(Some(e.node));
-                    }
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(self.fail("readdirplus", n, e)),
         }
     }
 }
