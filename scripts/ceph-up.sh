@@ -32,7 +32,8 @@ started=0
 cleanup() {
     if [ "$started" = 0 ]; then
         echo "ceph-up: failed; stopping what was started (logs in $dir/log)" >&2
-        tail -n 20 "$dir"/log/*.log >&2 2>/dev/null || true
+        tail -n 5 "$dir"/log/*.out >&2 2>/dev/null || true
+        timeout 10 ceph osd stat >&2 2>/dev/null || true
         "$(dirname "$0")/ceph-down.sh" "$dir" --keep >&2 || true
     fi
 }
@@ -86,18 +87,21 @@ bluestore block path = $dir/osd\$id.block
 EOF
 export CEPH_CONF=$dir/ceph.conf
 t0=$(date +%s%N)
+# The daemons get a clean environment: an OSD started from a test harness's
+# environment (cargo test's) has aborted in its io_context_pool thread (map::at).
+clean=(env -i "PATH=$PATH" "HOME=${HOME:-/root}" "CEPH_CONF=$CEPH_CONF")
 
-timeout 30 ceph-mon --id a --mkfs --keyring /dev/null -c "$CEPH_CONF"
+timeout 30 "${clean[@]}" ceph-mon --id a --mkfs --keyring /dev/null -c "$CEPH_CONF"
 # Daemons run in the foreground (-f) of a process of their own, so $! is their PID.
-setsid ceph-mon -f --id a -c "$CEPH_CONF" </dev/null >>"$dir/log/mon.out" 2>&1 &
+"${clean[@]}" setsid ceph-mon -f --id a -c "$CEPH_CONF" </dev/null >>"$dir/log/mon.out" 2>&1 &
 echo $! >"$dir/mon.pid"
 
 start_osd() {
     local id=$1
     mkdir -p "$dir/osd$id"
-    timeout 60 ceph-osd --id "$id" --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" \
+    timeout 60 "${clean[@]}" ceph-osd --id "$id" --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" \
         -c "$CEPH_CONF" >"$dir/log/osd$id-mkfs.out" 2>&1
-    setsid ceph-osd -f --id "$id" -c "$CEPH_CONF" </dev/null >>"$dir/log/osd$id.out" 2>&1 &
+    "${clean[@]}" setsid ceph-osd -f --id "$id" -c "$CEPH_CONF" </dev/null >>"$dir/log/osd$id.out" 2>&1 &
     echo $! >"$dir/osd$id.pid"
 }
 
@@ -120,9 +124,9 @@ timeout 30 ceph osd pool application enable "$pool" clonefs >/dev/null 2>&1
 
 # Ready when every OSD is up and a write and a read of the pool go through
 # (ceph pg stat would need a ceph-mgr).
-deadline=$((SECONDS + 120))
+deadline=$((SECONDS + 40))
 until [ "$(timeout 10 ceph osd stat -f json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_up_osds"])' 2>/dev/null)" = "$osds" ]; do
-    if [ $SECONDS -gt $deadline ]; then echo "ceph-up: OSDs not up after 120 s" >&2; exit 1; fi
+    if [ $SECONDS -gt $deadline ]; then echo "ceph-up: OSDs not up after 40 s" >&2; exit 1; fi
     sleep 0.3
 done
 until echo ready | timeout 10 rados -p "$pool" put ceph-up.probe - 2>/dev/null &&
