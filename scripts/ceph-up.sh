@@ -33,6 +33,15 @@ cleanup() {
     if [ "$started" = 0 ]; then
         echo "ceph-up: failed; stopping what was started (logs in $dir/log)" >&2
         tail -n 5 "$dir"/log/*.out >&2 2>/dev/null || true
+        for f in "$dir"/osd*.pid; do
+            [ -e "$f" ] || continue
+            pid=$(cat "$f")
+            id=${f##*/osd}
+            id=${id%.pid}
+            if [ -d "/proc/$pid" ]; then state=running; else state=gone; fi
+            echo "== osd.$id (pid $pid, $state): the end of its log" >&2
+            grep -E "^[0-9]{4}-" "$dir/log/osd.$id.log" 2>/dev/null | tail -n 4 >&2 || true
+        done
         timeout 10 ceph osd stat >&2 2>/dev/null || true
         "$(dirname "$0")/ceph-down.sh" "$dir" --keep >&2 || true
     fi
@@ -82,13 +91,17 @@ mon osd down out interval = 600
 [mon.a]
 mon data = $dir/mon/a
 [osd]
+# The script puts each OSD in the CRUSH map itself. Left on, the OSD's own update
+# at start raced the monitor session of OSDs booting side by side: the command
+# went out with a null fsid, was refused ("wrong fsid") and the OSD exited.
+osd crush update on start = false
+osd class update on start = false
 osd data = $dir/osd\$id
 bluestore block path = $dir/osd\$id.block
 EOF
 export CEPH_CONF=$dir/ceph.conf
 t0=$(date +%s%N)
-# The daemons get a clean environment: an OSD started from a test harness's
-# environment (cargo test's) has aborted in its io_context_pool thread (map::at).
+# The daemons get a clean environment, whatever the caller's (cargo test's, say).
 clean=(env -i "PATH=$PATH" "HOME=${HOME:-/root}" "CEPH_CONF=$CEPH_CONF")
 
 timeout 30 "${clean[@]}" ceph-mon --id a --mkfs --keyring /dev/null -c "$CEPH_CONF"
@@ -97,22 +110,27 @@ timeout 30 "${clean[@]}" ceph-mon --id a --mkfs --keyring /dev/null -c "$CEPH_CO
 echo $! >"$dir/mon.pid"
 
 start_osd() {
-    local id=$1
+    local id=$1 uuid=$2
     mkdir -p "$dir/osd$id"
-    timeout 60 "${clean[@]}" ceph-osd --id "$id" --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" \
+    timeout 60 "${clean[@]}" ceph-osd --id "$id" --mkfs --osd-uuid "$uuid" \
         -c "$CEPH_CONF" >"$dir/log/osd$id-mkfs.out" 2>&1
     "${clean[@]}" setsid ceph-osd -f --id "$id" -c "$CEPH_CONF" </dev/null >>"$dir/log/osd$id.out" 2>&1 &
     echo $! >"$dir/osd$id.pid"
 }
 
+# Each OSD is registered with the uuid its mkfs gets: registered without one, an
+# OSD booting beside others was refused at times ("wrong fsid") and never came up.
+uuids=()
 for ((i = 0; i < osds; i++)); do
-    id=$(timeout 30 ceph osd create)
+    uuids+=("$(cat /proc/sys/kernel/random/uuid)")
+    id=$(timeout 30 ceph osd create "${uuids[$i]}")
+    [ "$id" = "$i" ] || { echo "ceph-up: expected osd.$i, the monitor made osd.$id" >&2; exit 1; }
     timeout 30 ceph osd crush add "osd.$id" 1 root=default host=localhost >/dev/null 2>&1
 done
 # The OSDs format and start side by side: each mkfs is mostly waiting.
 pids=()
 for ((i = 0; i < osds; i++)); do
-    start_osd "$i" &
+    start_osd "$i" "${uuids[$i]}" &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
@@ -124,9 +142,9 @@ timeout 30 ceph osd pool application enable "$pool" clonefs >/dev/null 2>&1
 
 # Ready when every OSD is up and a write and a read of the pool go through
 # (ceph pg stat would need a ceph-mgr).
-deadline=$((SECONDS + 40))
+deadline=$((SECONDS + 120))
 until [ "$(timeout 10 ceph osd stat -f json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_up_osds"])' 2>/dev/null)" = "$osds" ]; do
-    if [ $SECONDS -gt $deadline ]; then echo "ceph-up: OSDs not up after 40 s" >&2; exit 1; fi
+    if [ $SECONDS -gt $deadline ]; then echo "ceph-up: OSDs not up after 120 s" >&2; exit 1; fi
     sleep 0.3
 done
 until echo ready | timeout 10 rados -p "$pool" put ceph-up.probe - 2>/dev/null &&

@@ -9,6 +9,9 @@
 //! - `second_writer_refused`: another `--host` is refused, naming the holder.
 //! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there.
 //! - `sigstop_take_over`: a paused writer is fenced; woken, it cannot change a byte.
+//! - `engine_on_rados`: the volume layer on a RADOS device in this process: random
+//!   writes (across object boundaries), clones and reopens against a reference;
+//!   and a writer whose store is taken over gets errors, not a silent write.
 //! - `osd_killed`: an OSD dies under a write load: no error, every record there.
 //! - `unreachable`: a bad monitor address is an error within a bounded time.
 //!
@@ -440,6 +443,112 @@ fn sigstop_take_over(c: &Cluster, work: &Path) {
     m.umount();
 }
 
+/// In-process: random writes into files of two clusters and their clones, each
+/// reopen compared byte for byte with a reference; fsck clean at every reopen.
+fn engine_on_rados(c: &Cluster) {
+    use clonefs::store::addr::{StoreAddr, StoreOptions};
+    use clonefs::volume::{Ino, Kind, NewInode, Volume};
+    use std::collections::BTreeMap;
+    const WHO: NewInode = NewInode {
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let addr = StoreAddr::parse("rados://clonefs/engine").unwrap();
+    let opts = |host: &str, take_over: bool| StoreOptions {
+        ceph_conf: Some(c.conf.clone()),
+        host: Some(host.into()),
+        take_over,
+    };
+    Volume::mkfs_store(&addr, &opts("e1", false), 1 << 30, 4096, Duration::ZERO).unwrap();
+    let mut vol = Volume::open_store(&addr, &opts("e1", false), true).unwrap();
+    vol.close().unwrap();
+    vol = Volume::open_store(&addr, &opts("e1", false), false).unwrap();
+    // cluster -> file -> bytes
+    let mut model: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for cl in ["a", "b"] {
+        vol.create_cluster(cl, WHO).unwrap();
+        model.insert(cl.into(), BTreeMap::new());
+    }
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..4 {
+        for _ in 0..60 {
+            let cls: Vec<String> = model.keys().cloned().collect();
+            let cl = &cls[rnd(cls.len() as u64) as usize];
+            let cid = vol.cluster_by_name(cl).unwrap().id;
+            let name = format!("f{}", rnd(4));
+            let ino = match vol.lookup(cid, Ino::ROOT, name.as_bytes()) {
+                Ok(a) => a.ino,
+                Err(_) => {
+                    vol.mknod(cid, Ino::ROOT, name.as_bytes(), Kind::File, WHO, 0)
+                        .unwrap()
+                        .ino
+                }
+            };
+            // Offsets up to 10 MiB: writes cross the 4 MiB objects' boundaries.
+            let off = rnd(10 << 20);
+            let data = pattern(rnd(1 << 30), 1 + rnd(300_000) as usize);
+            assert_eq!(vol.write(cid, ino, off, &data).unwrap(), data.len());
+            let f = model.get_mut(cl).unwrap().entry(name).or_default();
+            let end = off as usize + data.len();
+            if f.len() < end {
+                f.resize(end, 0);
+            }
+            f[off as usize..end].copy_from_slice(&data);
+        }
+        let clone = format!("c{round}");
+        let src = model
+            .keys()
+            .nth(rnd(model.len() as u64) as usize)
+            .unwrap()
+            .clone();
+        vol.clone_cluster(&src, &clone).unwrap();
+        let copy = model[&src].clone();
+        model.insert(clone, copy);
+        vol.close().unwrap();
+        drop(vol);
+        vol = Volume::open_store(&addr, &opts("e1", false), false).unwrap();
+        let report = vol.fsck().unwrap();
+        assert!(report.is_clean(), "round {round}: {report}");
+        for (cl, files) in &model {
+            let cid = vol.cluster_by_name(cl).unwrap().id;
+            for (name, want) in files {
+                let ino = vol.lookup(cid, Ino::ROOT, name.as_bytes()).unwrap().ino;
+                let got = vol.read(cid, ino, 0, want.len() + 1).unwrap();
+                assert!(
+                    got == *want,
+                    "round {round}: {cl}/{name} differs after a reopen"
+                );
+            }
+        }
+    }
+    // Taken over under its feet, the old writer's next commit fails.
+    let cid = vol.cluster_by_name("a").unwrap().id;
+    let ino = vol.lookup(cid, Ino::ROOT, b"f0").unwrap_or_else(|_| {
+        vol.mknod(cid, Ino::ROOT, b"f0", Kind::File, WHO, 0)
+            .unwrap()
+    });
+    let new = Volume::open_store(&addr, &opts("e2", true), false).unwrap();
+    let late = vol
+        .write(cid, ino.ino, 0, b"late")
+        .and_then(|_| vol.commit());
+    let err = late.expect_err("a fenced writer committed").to_string();
+    assert!(
+        err.contains("blocklisted") || err.contains("lease"),
+        "{err}"
+    );
+    drop(vol);
+    let report = new.fsck().unwrap();
+    assert!(report.is_clean(), "after the take-over: {report}");
+    new.close().unwrap();
+}
+
 fn osd_killed(c: &Cluster, work: &Path) {
     mkfs(c, "osd");
     let mnt = work.join("osd");
@@ -539,6 +648,7 @@ fn rados_store() {
     });
     step("sigkill_take_over", &|| sigkill_take_over(&c, &work));
     step("sigstop_take_over", &|| sigstop_take_over(&c, &work));
+    step("engine_on_rados", &|| engine_on_rados(&c));
     step("osd_killed", &|| osd_killed(&c, &work));
     step("unreachable", &|| unreachable(&work));
     eprintln!("{}", took.join(", "));

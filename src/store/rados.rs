@@ -9,8 +9,10 @@
 //! (xattr `clonefs.holder`, removed by a clean close). A missing object, or a
 //! missing range of one, reads as zeros.
 //!
-//! Durability: `write` starts an asynchronous RADOS write (librados copies the
-//! bytes) and returns; `sync` returns once every write started before it is
+//! Durability: `write` adds its bytes to a run of contiguous bytes of one object
+//! (up to 1 MiB), or sends the run as an asynchronous RADOS write (librados copies
+//! the bytes) and starts another, and returns; a read that touches the run, and
+//! every sync, send it first; `sync` returns once every write started before it is
 //! acknowledged by all the OSDs of its placement group (`rados_aio_flush`), and
 //! fails if any of them failed. `commit` syncs first and then writes the
 //! superblock synchronously, so a superblock never names a page the OSDs have not
@@ -48,6 +50,8 @@ pub const LEASE: Duration = Duration::from_secs(20);
 pub const RENEW_EVERY: Duration = Duration::from_secs(4);
 /// Writes in flight before a writer waits for the oldest.
 const MAX_IN_FLIGHT: usize = 512;
+/// The most bytes one gathered run holds before it is sent.
+const MAX_RUN: usize = 1 << 20;
 const GEOMETRY: &str = "clonefs.geometry";
 const HOLDER: &str = "clonefs.holder";
 const LOCK: &str = "clonefs.writer";
@@ -86,12 +90,34 @@ pub struct RadosDevice {
     store: String,
     page_size: usize,
     capacity: u64,
-    in_flight: Mutex<Vec<librados::Completion>>,
+    pending: Mutex<Pending>,
     /// The first write that failed; every later sync fails with it.
     failed: Mutex<Option<String>>,
     lease: Lease,
     /// The anchor file, locked while this device lives.
     _anchor: Option<std::fs::File>,
+}
+
+/// Writes not yet acknowledged: the run being gathered (contiguous bytes of one
+/// object, not yet sent: the engine writes a streaming file page by page, and one
+/// RADOS operation per 4 KiB page would cap it at the OSDs' small-write rate), and
+/// the writes sent, with their completions.
+#[derive(Default)]
+struct Pending {
+    run: Option<Run>,
+    in_flight: Vec<librados::Completion>,
+}
+
+struct Run {
+    obj: u64,
+    off: u64,
+    data: Vec<u8>,
+}
+
+impl Run {
+    fn overlaps(&self, obj: u64, off: u64, len: usize) -> bool {
+        self.obj == obj && off < self.off + self.data.len() as u64 && self.off < off + len as u64
+    }
 }
 
 impl RadosDevice {
@@ -163,7 +189,7 @@ impl RadosDevice {
             store: t.store.clone(),
             page_size: ps as usize,
             capacity: pages,
-            in_flight: Mutex::default(),
+            pending: Mutex::default(),
             failed: Mutex::default(),
             lease,
             _anchor: anchor,
@@ -218,6 +244,27 @@ impl RadosDevice {
         });
     }
 
+    /// Sends the gathered run as one asynchronous write; waits for the oldest
+    /// writes while too many are in flight.
+    fn send_run(&self, p: &mut Pending) -> Result<()> {
+        let Some(run) = p.run.take() else {
+            return Ok(());
+        };
+        let c = self
+            .io
+            .aio_write(&object_name(&self.store, run.obj), &run.data, run.off)
+            .map_err(|e| self.io_error(format!("cannot start a RADOS write: {}", why(&e))))?;
+        p.in_flight.push(c);
+        if p.in_flight.len() >= MAX_IN_FLIGHT {
+            self.reap(&mut p.in_flight, false);
+            while p.in_flight.len() >= MAX_IN_FLIGHT {
+                let mut oldest = vec![p.in_flight.remove(0)];
+                self.reap(&mut oldest, true);
+            }
+        }
+        Ok(())
+    }
+
     fn io_error(&self, msg: String) -> Error {
         Error::Io(io::Error::other(msg))
     }
@@ -233,7 +280,21 @@ impl PageDevice for RadosDevice {
     }
 
     fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> Result<()> {
-        for (obj, off, at, n) in self.pieces(page, offset, buf.len())? {
+        let pieces = self.pieces(page, offset, buf.len())?;
+        {
+            // A read after a write sees it: a gathered run it touches is sent first
+            // (RADOS orders the operations on one object).
+            let mut p = self.pending.lock().unwrap();
+            let touched = p.run.as_ref().is_some_and(|r| {
+                pieces
+                    .iter()
+                    .any(|&(obj, off, _, n)| r.overlaps(obj, off, n))
+            });
+            if touched {
+                self.send_run(&mut p)?;
+            }
+        }
+        for (obj, off, at, n) in pieces {
             let dst = &mut buf[at..at + n];
             let got = match self.io.read(&object_name(&self.store, obj), dst, off) {
                 Ok(got) => got,
@@ -254,21 +315,32 @@ impl PageDevice for RadosDevice {
     fn write(&self, page: u64, offset: usize, data: &[u8]) -> Result<()> {
         self.lease.check().map_err(|m| self.io_error(m))?;
         let pieces = self.pieces(page, offset, data.len())?;
-        let mut in_flight = self.in_flight.lock().unwrap();
-        if in_flight.len() >= MAX_IN_FLIGHT {
-            self.reap(&mut in_flight, false);
-            while in_flight.len() >= MAX_IN_FLIGHT {
-                let oldest = in_flight.remove(0);
-                let mut one = vec![oldest];
-                self.reap(&mut one, true);
-            }
-        }
+        let mut p = self.pending.lock().unwrap();
         for (obj, off, at, n) in pieces {
-            let c = self
-                .io
-                .aio_write(&object_name(&self.store, obj), &data[at..at + n], off)
-                .map_err(|e| self.io_error(format!("cannot start a RADOS write: {}", why(&e))))?;
-            in_flight.push(c);
+            let bytes = &data[at..at + n];
+            // Into the run when it extends or rewrites it (a metadata record
+            // rewritten between syncs); otherwise the run goes, and a new one starts.
+            if let Some(run) = p.run.as_mut() {
+                let end = run.off + run.data.len() as u64;
+                if run.obj == obj
+                    && run.off <= off
+                    && off <= end
+                    && (off - run.off) as usize + n <= MAX_RUN
+                {
+                    let from = (off - run.off) as usize;
+                    if from + n > run.data.len() {
+                        run.data.resize(from + n, 0);
+                    }
+                    run.data[from..from + n].copy_from_slice(bytes);
+                    continue;
+                }
+            }
+            self.send_run(&mut p)?;
+            p.run = Some(Run {
+                obj,
+                off,
+                data: bytes.to_vec(),
+            });
         }
         Ok(())
     }
@@ -280,16 +352,14 @@ impl PageDevice for RadosDevice {
     fn free(&self, _start: u64, _count: u64) {}
 
     fn sync(&self) -> Result<()> {
+        self.send_run(&mut self.pending.lock().unwrap())?;
         // Every write started before this line is acknowledged when flush returns;
         // their results are checked under the lock, so a failure seen by a
         // concurrent sync is recorded before this one looks.
         self.io
             .flush()
             .map_err(|e| self.io_error(format!("RADOS flush failed: {}", why(&e))))?;
-        {
-            let mut in_flight = self.in_flight.lock().unwrap();
-            self.reap(&mut in_flight, false);
-        }
+        self.reap(&mut self.pending.lock().unwrap().in_flight, false);
         if let Some(msg) = self.failed.lock().unwrap().clone() {
             return Err(self.io_error(msg));
         }
