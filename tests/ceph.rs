@@ -16,6 +16,7 @@
 //! - `unreachable`: a bad monitor address is an error within a bounded time.
 //!
 //! Needs root (ceph-up.sh installs the Ceph packages with apt-get when missing) and FUSE.
+#![cfg(feature = "rados")]
 
 mod common;
 
@@ -295,6 +296,24 @@ fn clone_remount(c: &Cluster, work: &Path) {
         status.contains("copy") && status.contains("prod"),
         "{status}"
     );
+    // A second mount on this host (same --host) joins the store's daemon.
+    let alone = work.join("basic-copy");
+    std::fs::create_dir_all(&alone).unwrap();
+    let out = run_ok(&[
+        BIN,
+        "mount",
+        "rados://clonefs/basic",
+        s(&alone),
+        "--ceph-conf",
+        c.conf(),
+        "--host",
+        "h1",
+        "--cluster",
+        "copy",
+    ]);
+    assert!(out.contains("served by the store's daemon"), "{out}");
+    assert!(std::fs::read(alone.join("f3")).unwrap() == pattern(3, 1000 + 3 * 777));
+    run_ok(&[BIN, "umount", s(&alone)]);
     m.umount();
     fsck_clean(c, "basic");
     let m = RMount::new(c, "basic", &mnt, "h1", &[]);
