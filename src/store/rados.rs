@@ -204,26 +204,23 @@ impl RadosDevice {
         offset: usize,
         len: usize,
     ) -> Result<Vec<(u64, u64, usize, usize)>> {
-        let start = page * self.page_size as u64 + offset as u64;
-        if start + len as u64 > self.capacity * self.page_size as u64 {
-            return Err(Error::Corrupt {
+        let start = page
+            .checked_mul(self.page_size as u64)
+            .and_then(|b| b.checked_add(offset as u64))
+            .filter(|s| {
+                s.checked_add(len as u64)
+                    .is_some_and(|e| e <= self.capacity * self.page_size as u64)
+            });
+        match start {
+            Some(start) => Ok(split(start, len)),
+            None => Err(Error::Corrupt {
                 page,
                 why: format!(
                     "page lies beyond the end of the store ({} pages)",
                     self.capacity
                 ),
-            });
+            }),
         }
-        let mut out = Vec::with_capacity(1);
-        let mut done = 0usize;
-        while done < len {
-            let at = start + done as u64;
-            let in_obj = at % OBJECT_SIZE;
-            let n = ((OBJECT_SIZE - in_obj) as usize).min(len - done);
-            out.push((at / OBJECT_SIZE, in_obj, done, n));
-            done += n;
-        }
-        Ok(out)
     }
 
     /// Checks finished writes (all of them when `all`), keeping the first failure.
@@ -389,6 +386,21 @@ impl Drop for RadosDevice {
         // A clean close released the lease already; otherwise it simply runs out.
         self.lease.stop_renewing();
     }
+}
+
+/// The byte range `[start, start + len)` of the page space as per-object pieces:
+/// (object index, offset in the object, offset in the caller's buffer, length).
+fn split(start: u64, len: usize) -> Vec<(u64, u64, usize, usize)> {
+    let mut out = Vec::with_capacity(1);
+    let mut done = 0usize;
+    while done < len {
+        let at = start + done as u64;
+        let in_obj = at % OBJECT_SIZE;
+        let n = ((OBJECT_SIZE - in_obj) as usize).min(len - done);
+        out.push((at / OBJECT_SIZE, in_obj, done, n));
+        done += n;
+    }
+    out
 }
 
 /// `STORE.0000000000000000`: object `idx` of `store`.
@@ -709,4 +721,61 @@ pub fn lock_anchor(anchor: &Path) -> Result<std::fs::File> {
             why: format!("cannot make the local anchor file: {e}"),
         })?;
     super::device::open_locked(anchor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_at_object_boundaries() {
+        let o = OBJECT_SIZE;
+        assert_eq!(split(4096, 8192), vec![(0, 4096, 0, 8192)]);
+        assert_eq!(
+            split(o - 4096, 8192),
+            vec![(0, o - 4096, 0, 4096), (1, 0, 4096, 4096)]
+        );
+        let long = split(o / 2, 2 * o as usize);
+        assert_eq!(
+            long,
+            vec![
+                (0, o / 2, 0, (o / 2) as usize),
+                (1, 0, (o / 2) as usize, o as usize),
+                (2, 0, (o + o / 2) as usize, (o / 2) as usize)
+            ]
+        );
+        assert!(split(0, 0).is_empty());
+        assert_eq!(
+            object_name("prod", 0x1f).to_str().unwrap(),
+            "prod.000000000000001f"
+        );
+    }
+
+    #[test]
+    fn a_run_overlaps_only_its_own_bytes() {
+        let run = Run {
+            obj: 3,
+            off: 8192,
+            data: vec![0; 4096],
+        };
+        assert!(run.overlaps(3, 8192, 1));
+        assert!(run.overlaps(3, 4096, 4097));
+        assert!(run.overlaps(3, 12287, 10));
+        assert!(!run.overlaps(3, 12288, 4096));
+        assert!(!run.overlaps(3, 4096, 4096));
+        assert!(!run.overlaps(2, 8192, 4096));
+    }
+
+    #[test]
+    fn holders_are_named_by_host_and_pid() {
+        let l = Locker {
+            client: "client.4148".into(),
+            cookie: "db1/4242/18ed06fe".into(),
+            addr: "v1:10.0.0.5:0/26".into(),
+        };
+        assert_eq!(
+            holder_name(&l),
+            "host db1 (pid 4242, client.4148 at v1:10.0.0.5:0/26)"
+        );
+    }
 }
