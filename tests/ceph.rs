@@ -447,6 +447,10 @@ fn sigstop_take_over(c: &Cluster, work: &Path) {
     assert!(wrote.is_err(), "the fenced writer's fsync succeeded");
     std::thread::sleep(Duration::from_secs(3));
     drop(a);
+    // Its log says why.
+    let log = std::env::var("CLONEFS_RUN_DIR").unwrap() + "/rados/clonefs/pause@h1.log";
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("blocklisted"), "{log}");
     assert!(
         c.objects("pause") == before,
         "the fenced writer changed the store"
