@@ -9,6 +9,8 @@
 //! - `second_writer_refused`: another `--host` is refused, naming the holder.
 //! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there.
 //! - `sigstop_take_over`: a paused writer is fenced; woken, it cannot change a byte.
+//! - `lease_expired`: the same, the store taken by a plain mount once the paused
+//!   writer's lease ran out (the last holder is fenced all the same).
 //! - `engine_on_rados`: the volume layer on a RADOS device in this process: random
 //!   writes (across object boundaries), clones and reopens against a reference;
 //!   and a writer whose store is taken over gets errors, not a silent write.
@@ -20,6 +22,7 @@
 
 mod common;
 
+use clonefs::store::rados::LEASE;
 use common::{is_mounted, run, run_for, run_ok, s, BIN};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -414,10 +417,16 @@ fn sigkill_take_over(c: &Cluster, work: &Path) {
     fsck_clean(c, "crash");
 }
 
-fn sigstop_take_over(c: &Cluster, work: &Path) {
-    mkfs(c, "pause");
-    let (ma, mb) = (work.join("pa"), work.join("pb"));
-    let a = RMount::new(c, "pause", &ma, "h1", &[]);
+/// A writer paused (SIGSTOP) mid-load; another host takes the store: with
+/// `--take-over` at once, or (`expire`) with a plain mount once the lease ran out.
+/// Woken, the paused writer cannot change a byte of the store.
+fn paused_writer(c: &Cluster, work: &Path, store: &str, expire: bool) {
+    mkfs(c, store);
+    let (ma, mb) = (
+        work.join(format!("{store}-a")),
+        work.join(format!("{store}-b")),
+    );
+    let a = RMount::new(c, store, &ma, "h1", &[]);
     std::fs::create_dir(ma.join("db")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let w = record_writer(ma.join("db/log"), stop.clone());
@@ -425,13 +434,18 @@ fn sigstop_take_over(c: &Cluster, work: &Path) {
     a.signal(libc::SIGSTOP);
     stop.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
-    let b = RMount::new(c, "pause", &mb, "h2", &["--take-over"]);
+    let b = if expire {
+        std::thread::sleep(LEASE + Duration::from_secs(2));
+        RMount::new(c, store, &mb, "h2", &[])
+    } else {
+        RMount::new(c, store, &mb, "h2", &["--take-over"])
+    };
     // The writer thread is stuck in the stopped daemon: every record acknowledged
     // so far is counted in its file on the new writer's side.
     let len = std::fs::metadata(mb.join("db/log")).unwrap().len();
     std::fs::write(mb.join("db/after"), b"written by the new holder").unwrap();
     b.umount();
-    let before = c.objects("pause");
+    let before = c.objects(store);
     assert!(!before.is_empty());
     a.signal(libc::SIGCONT);
     let (acked, _) = w.join().unwrap();
@@ -448,15 +462,20 @@ fn sigstop_take_over(c: &Cluster, work: &Path) {
     std::thread::sleep(Duration::from_secs(3));
     drop(a);
     // Its log says why.
-    let log = std::env::var("CLONEFS_RUN_DIR").unwrap() + "/rados/clonefs/pause@h1.log";
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("blocklisted"), "{log}");
+    let logs = std::env::var("CLONEFS_RUN_DIR").unwrap() + "/rados/clonefs/";
+    let log = std::fs::read_to_string(format!("{logs}{store}@h1.log")).unwrap();
+    let why = if expire { "lease" } else { "blocklisted" };
+    assert!(log.contains(why), "{log}");
+    if expire {
+        let log = std::fs::read_to_string(format!("{logs}{store}@h2.log")).unwrap();
+        assert!(log.contains("did not close the store: fencing it"), "{log}");
+    }
     assert!(
-        c.objects("pause") == before,
+        c.objects(store) == before,
         "the fenced writer changed the store"
     );
-    fsck_clean(c, "pause");
-    let m = RMount::new(c, "pause", &mb, "h2", &[]);
+    fsck_clean(c, store);
+    let m = RMount::new(c, store, &mb, "h2", &[]);
     check_records(&mb.join("db/log"), acked);
     assert!(!mb.join("db/late").exists());
     assert_eq!(
@@ -670,7 +689,12 @@ fn rados_store() {
         second_writer_refused(&c, &work)
     });
     step("sigkill_take_over", &|| sigkill_take_over(&c, &work));
-    step("sigstop_take_over", &|| sigstop_take_over(&c, &work));
+    step("sigstop_take_over", &|| {
+        paused_writer(&c, &work, "pause", false)
+    });
+    step("lease_expired", &|| {
+        paused_writer(&c, &work, "expire", true)
+    });
     step("engine_on_rados", &|| engine_on_rados(&c));
     step("osd_killed", &|| osd_killed(&c, &work));
     step("unreachable", &|| unreachable(&work));
