@@ -7,7 +7,8 @@
 //! - `clone_remount`: mkfs, mount, write, clone, remount: contents equal; fsck clean.
 //! - `errors`: an existing store, a missing store, a missing pool, a bad address.
 //! - `second_writer_refused`: another `--host` is refused, naming the holder.
-//! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there.
+//! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there;
+//!   then again with `fsck --take-over` before a plain mount.
 //! - `sigstop_take_over`: a paused writer is fenced; woken, it cannot change a byte.
 //! - `lease_expired`: the same, the store taken by a plain mount once the paused
 //!   writer's lease ran out (the last holder is fenced all the same).
@@ -415,6 +416,22 @@ fn sigkill_take_over(c: &Cluster, work: &Path) {
     check_records(&mnt.join("db/log"), acked);
     m.umount();
     fsck_clean(c, "crash");
+    // Killed again: fsck refuses the live lease, fsck --take-over checks (and lets
+    // go of the lease after), and a plain mount then finds every record.
+    let m = RMount::new(c, "crash", &mnt, "h2", &[]);
+    let w = record_writer(mnt.join("db/log2"), stop);
+    std::thread::sleep(Duration::from_secs(2));
+    m.kill();
+    let (acked, _) = w.join().unwrap();
+    let addr = "rados://clonefs/crash";
+    let out = run(&[BIN, "fsck", addr, "--ceph-conf", c.conf()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("host h2"), "{err}");
+    let out = run_ok(&[BIN, "fsck", addr, "--ceph-conf", c.conf(), "--take-over"]);
+    assert!(out.starts_with("clean"), "{out}");
+    let m = RMount::new(c, "crash", &mnt, "h3", &[]);
+    check_records(&mnt.join("db/log2"), acked);
+    m.umount();
 }
 
 /// A writer paused (SIGSTOP) mid-load; another host takes the store: with
