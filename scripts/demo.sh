@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# clonefs demo: installs what is missing (fuse3), builds, makes a store with defaults, mounts it,
+# clonefs demo: installs what is missing (fuse3; librados-dev, which the build links), builds, makes a store with defaults, mounts it,
 # writes a cluster, clones it, shows both sides diverging and the status table, then unmounts.
 # Usage: scripts/demo.sh [--keep] [DIR]   (DIR: where the store and mount point go; default: a temp dir)
 # With --keep the mount stays up, with the API and web console on loopback; the console's URL is shown.
@@ -16,10 +16,14 @@ for a in "$@"; do
   esac
 done
 
-if ! command -v fusermount3 >/dev/null; then
-  echo "demo: installing fuse3"
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+# The default build links librados (stores on Ceph: rados://POOL/STORE).
+[ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
+if ((${#need[@]})); then
+  echo "demo: installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq fuse3 >/dev/null
+  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "demo: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
 

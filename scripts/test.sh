@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every clonefs test: installs what is missing (fuse3, the tools the tests drive, and
-# chromium with chromium-driver for the console's browser test), builds, then runs the unit,
-# model, crash, power-cut, real-mount and browser tests. Run as root.
+# chromium with chromium-driver for the console's browser test, Ceph's ceph-mon, ceph-osd,
+# ceph-common and librados-dev for the RADOS store), builds, then runs the unit, model,
+# crash, power-cut, real-mount, browser and Ceph tests (tests/ceph.rs starts its own
+# cluster on loopback). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,10 @@ command -v tar >/dev/null || need+=(tar)
 command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v ceph-mon >/dev/null || need+=(ceph-mon)
+command -v ceph-osd >/dev/null || need+=(ceph-osd)
+command -v rados >/dev/null || need+=(ceph-common)
+[ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

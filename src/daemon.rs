@@ -20,6 +20,7 @@
 
 use crate::cli::init_logger;
 use clonefs::fs::{MountConfig, Sessions};
+use clonefs::store::addr::{StoreAddr, StoreOptions};
 use clonefs::volume::Volume;
 use log::{error, info, warn};
 use nix::errno::Errno;
@@ -35,9 +36,17 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+/// The store a daemon serves: where it is, how to reach it, and the local path
+/// its socket, token and log sit beside (the store file, or a RADOS store's anchor).
+pub struct Served {
+    pub addr: StoreAddr,
+    pub opts: StoreOptions,
+    pub local: std::path::PathBuf,
+}
+
 /// Serves `store` at `mnt` from this process until the mount goes away.
 pub fn foreground(
-    store: &Path,
+    store: &Served,
     mnt: &Path,
     mc: &MountConfig,
     listen: Option<SocketAddr>,
@@ -49,7 +58,7 @@ pub fn foreground(
 /// Forks the daemon for `store` at `mnt`, logging to `log`; returns once the mount
 /// is ready, or with the daemon's reason why it is not.
 pub fn spawn(
-    store: &Path,
+    store: &Served,
     mnt: &Path,
     log: &Path,
     mc: &MountConfig,
@@ -116,7 +125,7 @@ pub fn unmount(mnt: &Path, lazy: bool) -> io::Result<()> {
 
 /// The forked child: becomes the daemon, serves until unmounted; returns the exit code.
 fn daemon(
-    store: &Path,
+    store: &Served,
     mnt: &Path,
     log: &Path,
     mc: &MountConfig,
@@ -212,14 +221,15 @@ fn spawn_signal_thread(set: SigSet, sessions: Arc<Sessions>) {
 /// mounts (this one and any that join through the API) goes away; then closes the
 /// store (the final commit).
 fn serve(
-    store: &Path,
+    served: &Served,
     mnt: &Path,
     mc: &MountConfig,
     listen: Option<SocketAddr>,
     signals: SigSet,
     ready: &mut Option<File>,
 ) -> Result<(), String> {
-    let vol = Volume::open_path(store).map_err(|e| e.to_string())?;
+    let store = served.local.as_path();
+    let vol = Volume::open_store(&served.addr, &served.opts, false).map_err(|e| e.to_string())?;
     let sessions = Sessions::new(vol.clone(), mc.writeback_cache);
     let api = clonefs::api::Api::serve_store(vol.clone(), store, listen)
         .map_err(|e| format!("cannot serve the API of {}: {e}", store.display()))?;
@@ -233,23 +243,19 @@ fn serve(
     api.serve_mounts(sessions.clone());
     sessions.add(mnt, mc).map_err(|e| e.to_string())?;
     spawn_signal_thread(signals, sessions.clone());
-    info!(
-        "daemon for {} (pid {})",
-        store.display(),
-        std::process::id()
-    );
+    info!("daemon for {} (pid {})", served.addr, std::process::id());
     if let Some(mut w) = ready.take() {
         let _ = writeln!(w, "ready");
     }
     sessions.wait_all();
     drop(api);
     match vol.close() {
-        Ok(()) => info!("last mount gone; {} committed and closed", store.display()),
+        Ok(()) => info!("last mount gone; {} committed and closed", served.addr),
         Err(e) => error!(
             "last mount gone, but the final commit of {} failed: {e}",
-            store.display()
+            served.addr
         ),
     }
-    info!("daemon for {} exits", store.display());
+    info!("daemon for {} exits", served.addr);
     Ok(())
 }

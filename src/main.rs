@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cli::parse_size;
 use clonefs::api::PatchCluster;
 use clonefs::fs::MountConfig;
+use clonefs::store::addr::{StoreAddr, StoreOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,10 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a new store file (sparse: it takes host space only as pages are used)
+    /// Create a new store: a file (sparse: it takes host space only as pages are
+    /// used) or rados://POOL/STORE on a Ceph cluster
     Mkfs {
-        /// Path of the store file to create; must not exist
-        store: PathBuf,
+        /// Path of the store file to create, or rados://POOL/STORE; must not exist
+        #[arg(value_parser = parse_store)]
+        store: StoreAddr,
+        #[command(flatten)]
+        ceph: CephArgs,
         /// Capacity, with an optional K, M, G or T suffix (powers of 1024)
         #[arg(long, default_value = "64G", value_parser = parse_size)]
         size: u64,
@@ -48,8 +53,14 @@ enum Cmd {
     /// Mount a store, or one cluster of it; returns once the mount is ready (unless
     /// --foreground). A store already mounted is mounted again by its daemon
     Mount {
-        /// The store file (made by clonefs mkfs)
-        store: PathBuf,
+        /// The store file, or rados://POOL/STORE (made by clonefs mkfs)
+        #[arg(value_parser = parse_store)]
+        store: StoreAddr,
+        #[command(flatten)]
+        ceph: CephArgs,
+        /// RADOS: fence the store's current writer (OSD blocklist) and take it over
+        #[arg(long)]
+        take_over: bool,
         /// An existing, empty directory
         mountpoint: PathBuf,
         /// Show this cluster alone at the mount point (its files, and its .clone);
@@ -198,13 +209,48 @@ enum Cmd {
     },
     /// Check a store that is not mounted; exits 1 unless it is clean
     Fsck {
-        store: PathBuf,
+        /// The store file, or rados://POOL/STORE
+        #[arg(value_parser = parse_store)]
+        store: StoreAddr,
+        #[command(flatten)]
+        ceph: CephArgs,
+        /// RADOS: fence a writer that still holds the lease (it crashed) and check
+        #[arg(long)]
+        take_over: bool,
         /// Print the report as JSON (clean, problems, notes, clusters, inodes, pages, seconds)
         #[arg(long)]
         json: bool,
     },
     /// Print the URL of a mount's web console, with its token (mount with --listen)
     Console { mountpoint: PathBuf },
+}
+
+/// How to reach a store on Ceph RADOS (ignored for a store file).
+#[derive(clap::Args)]
+struct CephArgs {
+    /// The Ceph cluster's configuration file
+    #[arg(long, value_name = "FILE", default_value = clonefs::store::addr::DEFAULT_CEPH_CONF)]
+    ceph_conf: PathBuf,
+    /// This writer's name in the store's lease, shown to anyone refused [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+}
+
+impl CephArgs {
+    fn store(self, addr: StoreAddr, take_over: bool) -> cli::mount::StoreArgs {
+        cli::mount::StoreArgs {
+            addr,
+            opts: StoreOptions {
+                ceph_conf: Some(self.ceph_conf),
+                host: self.host,
+                take_over,
+            },
+        }
+    }
+}
+
+fn parse_store(s: &str) -> Result<StoreAddr, String> {
+    StoreAddr::parse(s)
 }
 
 /// When a new cluster expires.
@@ -236,12 +282,15 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Mkfs {
             store,
+            ceph,
             size,
             page_size,
             retention,
-        } => cli::mkfs::run(&store, size, page_size, retention),
+        } => cli::mkfs::run(&ceph.store(store, false), size, page_size, retention),
         Cmd::Mount {
             store,
+            ceph,
+            take_over,
             mountpoint,
             cluster,
             foreground,
@@ -251,7 +300,7 @@ fn main() -> ExitCode {
             log,
             listen,
         } => cli::mount::mount(
-            &store,
+            &ceph.store(store, take_over),
             &mountpoint,
             foreground,
             log,
@@ -345,7 +394,12 @@ fn main() -> ExitCode {
             json,
         ),
         Cmd::Status { mountpoint, json } => cli::status::run(&mountpoint, json),
-        Cmd::Fsck { store, json } => cli::fsck::run(&store, json),
+        Cmd::Fsck {
+            store,
+            ceph,
+            take_over,
+            json,
+        } => cli::fsck::run(&ceph.store(store, take_over), json),
         Cmd::Console { mountpoint } => cli::console::run(&mountpoint),
     };
     match result {

@@ -5,19 +5,20 @@
 //! On a terminal, a line on stderr shows how far it is, redrawn in place a few
 //! times a second and erased at the end; `--json` prints the report for scripts.
 
+use super::mount::StoreArgs;
 use super::{init_logger, CliResult};
 use clonefs::volume::{FsckProgress, FsckReport, Volume};
 use std::cell::Cell;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-pub fn run(store: &Path, as_json: bool) -> CliResult {
+pub fn run(args: &StoreArgs, as_json: bool) -> CliResult {
     init_logger("warn");
     let start = Instant::now();
-    let vol = Volume::open_path_mode(store, true)
-        .map_err(|e| format!("cannot check {}: {e}", store.display()))?;
+    let store = &args.addr;
+    let vol = Volume::open_store(store, &args.opts, true)
+        .map_err(|e| format!("cannot check {store}: {e}"))?;
     let report = if std::io::stderr().is_terminal() {
         let space = vol.statfs();
         let line = ProgressLine::new(Instant::now(), space.used / space.page_size);
@@ -27,7 +28,10 @@ pub fn run(store: &Path, as_json: bool) -> CliResult {
     } else {
         vol.fsck()
     }
-    .map_err(|e| format!("fsck of {} stopped: {e}", store.display()))?;
+    .map_err(|e| format!("fsck of {store} stopped: {e}"))?;
+    // A RADOS store's lease goes now, not when it would run out.
+    vol.close()
+        .map_err(|e| format!("closing {store} after the check: {e}"))?;
     if as_json {
         let doc = JsonReport::new(&report, start.elapsed());
         println!(

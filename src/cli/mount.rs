@@ -10,9 +10,10 @@
 use super::{
     absolute, clonefs_mount, init_logger, mount_at, read_status, status::parse_status, CliResult,
 };
-use crate::daemon;
+use crate::daemon::{self, Served};
 use clonefs::api::{client, socket_path, ErrorBody, MountsDoc, NewMount};
 use clonefs::fs::MountConfig;
+use clonefs::store::addr::{StoreAddr, StoreOptions};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -20,18 +21,25 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// Where a mount's store is, and how to reach it.
+pub struct StoreArgs {
+    pub addr: StoreAddr,
+    pub opts: StoreOptions,
+}
+
 pub fn mount(
-    store: &Path,
+    store: &StoreArgs,
     mountpoint: &Path,
     foreground: bool,
     log: Option<PathBuf>,
     mc: &MountConfig,
     listen: Option<SocketAddr>,
 ) -> CliResult {
-    mount_quietly(store, mountpoint, foreground, log, mc, listen, false)
+    mount_store(store, mountpoint, foreground, log, mc, listen, false)
 }
 
-/// [`mount`]; `quiet` says nothing on success (mount(8)'s helper, unless -v).
+/// [`mount`] of a store file; `quiet` says nothing on success (mount(8)'s
+/// helper, unless -v).
 pub fn mount_quietly(
     store: &Path,
     mountpoint: &Path,
@@ -41,8 +49,71 @@ pub fn mount_quietly(
     listen: Option<SocketAddr>,
     quiet: bool,
 ) -> CliResult {
-    let store = absolute(store)?;
+    let args = StoreArgs {
+        addr: StoreAddr::File(store.to_owned()),
+        opts: StoreOptions::default(),
+    };
+    mount_store(&args, mountpoint, foreground, log, mc, listen, quiet)
+}
+
+/// Checks a RADOS store's options before the fork; returns its local anchor.
+fn check_rados(args: &StoreArgs) -> Result<Served, String> {
+    let conf = absolute(&args.opts.ceph_conf())?;
+    if !conf.is_file() {
+        return Err(format!(
+            "no Ceph configuration at {} (pass --ceph-conf FILE)",
+            conf.display()
+        ));
+    }
+    let host = args.opts.host();
+    if host.is_empty() || host.contains(['/', '@', '\0']) {
+        return Err(format!("--host '{host}': a name without '/' or '@'"));
+    }
+    let local = args.addr.local_path(&host);
+    if let Some(dir) = local.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot make the run directory {}: {e}", dir.display()))?;
+    }
+    Ok(Served {
+        local,
+        addr: args.addr.clone(),
+        opts: StoreOptions {
+            ceph_conf: Some(conf),
+            host: Some(host),
+            take_over: args.opts.take_over,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mount_store(
+    args: &StoreArgs,
+    mountpoint: &Path,
+    foreground: bool,
+    log: Option<PathBuf>,
+    mc: &MountConfig,
+    listen: Option<SocketAddr>,
+    quiet: bool,
+) -> CliResult {
+    let served = match &args.addr {
+        StoreAddr::File(p) => {
+            let p = absolute(p)?;
+            Served {
+                addr: StoreAddr::File(p.clone()),
+                opts: StoreOptions::default(),
+                local: p,
+            }
+        }
+        StoreAddr::Rados { .. } => check_rados(args)?,
+    };
+    let store = served.local.clone();
+    let shown = served.addr.to_string();
     match std::fs::metadata(&store) {
+        _ if served.addr.is_rados() => {}
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(format!("{} is not a store file", store.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -59,8 +130,8 @@ pub fn mount_quietly(
     }
     let mnt = check_mountpoint(mountpoint)?;
     let what = match &mc.cluster {
-        Some(c) => format!("cluster {c} of {}", store.display()),
-        None => store.display().to_string(),
+        Some(c) => format!("cluster {c} of {shown}"),
+        None => shown.clone(),
     };
     // A store held by a daemon is joined: that daemon mounts it again. Mounting
     // races a daemon on its way out (it refuses joins once its last mount has
@@ -84,9 +155,8 @@ pub fn mount_quietly(
                 }
                 Joined::Closing => {
                     return Err(format!(
-                        "the daemon of {} (pid {pid}) is still closing the store after 30 s; \
-                         see its log",
-                        store.display()
+                        "the daemon of {shown} (pid {pid}) is still closing the store after 30 s; \
+                         see its log"
                     ))
                 }
             }
@@ -95,7 +165,7 @@ pub fn mount_quietly(
     }
     if foreground {
         init_logger("info");
-        return daemon::foreground(&store, &mnt, mc, listen).map(|()| ExitCode::SUCCESS);
+        return daemon::foreground(&served, &mnt, mc, listen).map(|()| ExitCode::SUCCESS);
     }
     let log = match log {
         Some(l) => absolute(&l)?,
@@ -105,7 +175,7 @@ pub fn mount_quietly(
             PathBuf::from(s)
         }
     };
-    daemon::spawn(&store, &mnt, &log, mc, listen)?;
+    daemon::spawn(&served, &mnt, &log, mc, listen)?;
     if !quiet {
         println!(
             "mounted {what} at {} (log: {})",

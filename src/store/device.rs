@@ -43,6 +43,11 @@ pub trait PageDevice: Send + Sync {
         self.write(page, 0, bytes)?;
         self.sync()
     }
+    /// Lets go of the device's hold on the store (a RADOS lease) once the last
+    /// commit of a clean close is durable; nothing may be written after it.
+    fn release(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes of at least a page use pwrite(2) rather than a copy into the mapping.

@@ -46,8 +46,13 @@
 //! | 20 | 4 | CRC-32 of the page with this field zeroed |
 //! | 24 | 8 each | runs: pages (u32), their count (u32), from page 2 to the end |
 
+pub mod addr;
 pub mod device;
+#[cfg(feature = "rados")]
+pub mod librados;
 pub mod memdev;
+#[cfg(feature = "rados")]
+pub mod rados;
 pub mod sparse;
 
 use crate::error::{Error, Result};
@@ -785,6 +790,11 @@ impl Store {
         self.guard()?;
         let slot = sb.generation % 2;
         self.note(self.dev.commit(slot, &sb.encode(self.page_size)))
+    }
+
+    /// Lets go of the device's hold on the store: the end of a clean close.
+    pub fn let_go(&self) -> Result<()> {
+        self.dev.release()
     }
 
     pub fn space(&self) -> StoreSpace {

@@ -13,6 +13,7 @@ use super::check;
 use super::node::{Deferred, Engine, Tree};
 use super::{Catalog, Cluster, CommitState, Volume, RECORDS};
 use crate::error::{Error, Result};
+use crate::store::addr::{StoreAddr, StoreOptions};
 use crate::store::memdev::MemDevice;
 use crate::store::{MmapDevice, PageDevice, PageNo, Store};
 use std::path::Path;
@@ -23,15 +24,7 @@ use std::time::{Duration, SystemTime};
 impl Volume {
     /// Creates a store file at `path` and an empty volume in it.
     pub fn mkfs(path: &Path, capacity: u64, page_size: usize) -> Result<()> {
-        if !crate::store::valid_page_size(page_size) {
-            return Err(Error::InvalidArgument(
-                "page size must be a power of two from 4 KiB to 64 KiB",
-            ));
-        }
-        let capacity = capacity / page_size as u64 * page_size as u64;
-        if capacity < 64 * page_size as u64 {
-            return Err(Error::InvalidArgument("a store needs at least 64 pages"));
-        }
+        let capacity = check_geometry(capacity, page_size)?;
         let dev = MmapDevice::create(path, capacity, page_size)?;
         let made = Store::format(&dev, unix_now()).and_then(|_| dev.sync());
         if made.is_err() {
@@ -50,6 +43,45 @@ impl Volume {
         let page_size = probe_page_size(path)?;
         let dev = MmapDevice::open(path, page_size)?;
         Self::open_device(Arc::new(dev), path, read_only)
+    }
+
+    /// Opens the store at `addr`: a store file, or a RADOS store (whose daemon locks
+    /// its local anchor unless `read_only`, and takes its lease either way).
+    pub fn open_store(
+        addr: &StoreAddr,
+        opts: &StoreOptions,
+        read_only: bool,
+    ) -> Result<Arc<Volume>> {
+        match addr {
+            StoreAddr::File(p) => Self::open_path_mode(p, read_only),
+            StoreAddr::Rados { pool, name } => rados::open(pool, name, opts, read_only),
+        }
+    }
+
+    /// Makes a new store at `addr` and sets how long it keeps restore points.
+    pub fn mkfs_store(
+        addr: &StoreAddr,
+        opts: &StoreOptions,
+        capacity: u64,
+        page_size: usize,
+        retention: Duration,
+    ) -> Result<()> {
+        let (pool, name) = match addr {
+            StoreAddr::File(p) => {
+                Self::mkfs(p, capacity, page_size)?;
+                let set = Volume::open_path(p).and_then(|v| {
+                    v.set_store_retention(retention)?;
+                    v.close()
+                });
+                if set.is_err() {
+                    let _ = std::fs::remove_file(p);
+                }
+                return set;
+            }
+            StoreAddr::Rados { pool, name } => (pool, name),
+        };
+        let capacity = check_geometry(capacity, page_size)?;
+        rados::mkfs(pool, name, opts, capacity, page_size, retention)
     }
 
     /// Formats a fresh in-memory or test device and opens it.
@@ -194,13 +226,14 @@ impl Volume {
         self.stop_timer();
         self.stop_space_walker(true);
         if self.read_only {
-            return Ok(());
+            return self.eng.store.let_go();
         }
         self.commit()?;
         // A second commit applies the first one's deferred frees, so the store's
         // counts match its trees at rest; then they are saved for the next open.
         self.commit()?;
-        self.commit_at_rest()
+        self.commit_at_rest()?;
+        self.eng.store.let_go()
     }
 
     /// Did this open take the reference counts a clean close saved (rather than
@@ -222,6 +255,97 @@ impl Drop for Volume {
     fn drop(&mut self) {
         self.stop_timer();
         self.stop_space_walker(false);
+    }
+}
+
+/// The capacity rounded down to whole pages, or why the geometry cannot be.
+fn check_geometry(capacity: u64, page_size: usize) -> Result<u64> {
+    if !crate::store::valid_page_size(page_size) {
+        return Err(Error::InvalidArgument(
+            "page size must be a power of two from 4 KiB to 64 KiB",
+        ));
+    }
+    let capacity = capacity / page_size as u64 * page_size as u64;
+    if capacity < 64 * page_size as u64 {
+        return Err(Error::InvalidArgument("a store needs at least 64 pages"));
+    }
+    Ok(capacity)
+}
+
+/// RADOS stores (`store::rados`), reached through [`Volume::open_store`].
+#[cfg(feature = "rados")]
+mod rados {
+    use super::*;
+    use crate::store::rados::{RadosDevice, RadosTarget};
+
+    fn target(pool: &str, name: &str, opts: &StoreOptions, anchored: bool) -> RadosTarget {
+        let host = opts.host();
+        RadosTarget {
+            ceph_conf: opts.ceph_conf(),
+            pool: pool.into(),
+            store: name.into(),
+            anchor: anchored.then(|| crate::store::addr::anchor_path(pool, name, &host)),
+            host,
+            take_over: opts.take_over,
+        }
+    }
+
+    /// A daemon (not `read_only`) locks the store's local anchor and names the
+    /// volume by it, so the API socket and the mount's source sit beside it.
+    pub fn open(
+        pool: &str,
+        name: &str,
+        opts: &StoreOptions,
+        read_only: bool,
+    ) -> Result<Arc<Volume>> {
+        let t = target(pool, name, opts, !read_only);
+        let path = t.anchor.clone().unwrap_or_else(|| t.shown());
+        let dev = RadosDevice::open(&t)?;
+        Volume::open_device(Arc::new(dev), &path, read_only)
+    }
+
+    pub fn mkfs(
+        pool: &str,
+        name: &str,
+        opts: &StoreOptions,
+        capacity: u64,
+        page_size: usize,
+        retention: Duration,
+    ) -> Result<()> {
+        let t = target(pool, name, opts, false);
+        let dev = Arc::new(RadosDevice::create(&t, capacity, page_size)?);
+        Store::format(dev.as_ref(), unix_now())?;
+        dev.sync()?;
+        let vol = Volume::open_device(dev, &t.shown(), false)?;
+        vol.set_store_retention(retention)?;
+        vol.close()
+    }
+}
+
+#[cfg(not(feature = "rados"))]
+mod rados {
+    use super::*;
+
+    fn unsupported(pool: &str, name: &str) -> Error {
+        Error::BadStore {
+            path: format!("rados://{pool}/{name}").into(),
+            why: "this clonefs was built without RADOS support (cargo feature \"rados\")".into(),
+        }
+    }
+
+    pub fn open(pool: &str, name: &str, _: &StoreOptions, _: bool) -> Result<Arc<Volume>> {
+        Err(unsupported(pool, name))
+    }
+
+    pub fn mkfs(
+        pool: &str,
+        name: &str,
+        _: &StoreOptions,
+        _: u64,
+        _: usize,
+        _: Duration,
+    ) -> Result<()> {
+        Err(unsupported(pool, name))
     }
 }
 

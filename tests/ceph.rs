@@ -1,0 +1,719 @@
+//! Stores on Ceph RADOS, against a real cluster: one monitor and three BlueStore
+//! OSDs started by `scripts/ceph-up.sh` in a temporary directory, once for the whole
+//! file (startup costs ~13 s), and stopped by `scripts/ceph-down.sh` from a guard's
+//! `Drop`, whatever a scenario panics on. One test runs the scenarios in sequence:
+//! the cluster is shared, and one OSD is killed near the end.
+//!
+//! - `clone_remount`: mkfs, mount, write, clone, remount: contents equal; fsck clean.
+//! - `errors`: an existing store, a missing store, a missing pool, a bad address.
+//! - `second_writer_refused`: another `--host` is refused, naming the holder.
+//! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there;
+//!   then again with `fsck --take-over` before a plain mount.
+//! - `sigstop_take_over`: a paused writer is fenced; woken, it cannot change a byte.
+//! - `lease_expired`: the same, the store taken by a plain mount once the paused
+//!   writer's lease ran out (the last holder is fenced all the same).
+//! - `engine_on_rados`: the volume layer on a RADOS device in this process: random
+//!   writes (across object boundaries), clones and reopens against a reference;
+//!   and a writer whose store is taken over gets errors, not a silent write.
+//! - `osd_killed`: an OSD dies under a write load: no error, every record there.
+//! - `unreachable`: a bad monitor address is an error within a bounded time.
+//!
+//! Needs root (ceph-up.sh installs the Ceph packages with apt-get when missing) and FUSE.
+#![cfg(feature = "rados")]
+
+mod common;
+
+use clonefs::store::rados::LEASE;
+use common::{is_mounted, run, run_for, run_ok, s, BIN};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+const POOL: &str = "clonefs";
+
+/// A cluster of this test; stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    conf: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(tmp: tempfile::TempDir) -> Cluster {
+        let dir = tmp.path().join("ceph");
+        let t = Instant::now();
+        let out = run_for(600, &[&format!("{SCRIPTS}/ceph-up.sh"), s(&dir)]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let conf = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("CEPH_CONF="))
+            .map(PathBuf::from);
+        let cluster = Cluster {
+            dir: dir.clone(),
+            conf: conf.clone().unwrap_or_default(),
+            _tmp: tmp,
+        };
+        assert!(
+            out.status.success() && conf.is_some(),
+            "ceph-up.sh failed ({}):\n{}\n{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("cluster up in {:.1} s", t.elapsed().as_secs_f64());
+        cluster
+    }
+
+    fn conf(&self) -> &str {
+        s(&self.conf)
+    }
+
+    fn osd_pid(&self, id: u32) -> i32 {
+        let p = std::fs::read_to_string(self.dir.join(format!("osd{id}.pid"))).unwrap();
+        p.trim().parse().unwrap()
+    }
+
+    /// The bytes of every object of `store`, by name.
+    fn objects(&self, store: &str) -> Vec<(String, Vec<u8>)> {
+        let ls = run_ok(&["rados", "-c", self.conf(), "-p", POOL, "ls"]);
+        let mut names: Vec<&str> = ls
+            .lines()
+            .filter(|n| n.starts_with(&format!("{store}.")))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let out = run(&["rados", "-c", self.conf(), "-p", POOL, "get", n, "-"]);
+                assert!(out.status.success(), "rados get {n} failed");
+                (n.to_string(), out.stdout)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        run_for(120, &[&format!("{SCRIPTS}/ceph-down.sh"), s(&self.dir)]);
+    }
+}
+
+/// A mount of a RADOS store by one `--host`; unmounted (or detached, and its
+/// daemon killed by pid) on drop.
+struct RMount {
+    mnt: PathBuf,
+    pid: u32,
+    host: String,
+}
+
+impl RMount {
+    fn try_new(
+        c: &Cluster,
+        store: &str,
+        mnt: &Path,
+        host: &str,
+        extra: &[&str],
+    ) -> Result<RMount, String> {
+        std::fs::create_dir_all(mnt).unwrap();
+        let addr = format!("rados://{POOL}/{store}");
+        let mut cmd = vec![
+            BIN,
+            "mount",
+            &addr,
+            s(mnt),
+            "--ceph-conf",
+            c.conf(),
+            "--host",
+            host,
+        ];
+        cmd.extend(extra);
+        let out = run_for(90, &cmd);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let doc = std::fs::read_to_string(mnt.join(".clonefs-status")).unwrap();
+        let at = doc.find("\"pid\":").unwrap() + 6;
+        let pid: String = doc[at..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        Ok(RMount {
+            mnt: mnt.to_owned(),
+            pid: pid.parse().unwrap(),
+            host: host.into(),
+        })
+    }
+
+    fn new(c: &Cluster, store: &str, mnt: &Path, host: &str, extra: &[&str]) -> RMount {
+        Self::try_new(c, store, mnt, host, extra).unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    fn umount(mut self) {
+        run_ok(&[BIN, "umount", s(&self.mnt)]);
+        assert!(!is_mounted(&self.mnt));
+        self.pid = 0;
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory effects; the pid is this guard's own daemon.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// SIGKILL, then detach the dead mount.
+    fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        wait_gone(self.pid);
+        run_for(20, &["fusermount3", "-uz", s(&self.mnt)]);
+        self.pid = 0;
+    }
+}
+
+impl Drop for RMount {
+    fn drop(&mut self) {
+        if self.pid == 0 {
+            return;
+        }
+        self.signal(libc::SIGCONT);
+        if !run(&[BIN, "umount", s(&self.mnt)]).status.success() {
+            run_for(20, &["fusermount3", "-uz", s(&self.mnt)]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(self.pid) {
+            eprintln!(
+                "daemon {} ({}) still running; killing it",
+                self.pid, self.host
+            );
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mkfs(c: &Cluster, store: &str) {
+    let addr = format!("rados://{POOL}/{store}");
+    run_ok(&[BIN, "mkfs", &addr, "--ceph-conf", c.conf(), "--size", "1G"]);
+}
+
+fn fsck_clean(c: &Cluster, store: &str) {
+    let addr = format!("rados://{POOL}/{store}");
+    let out = run_ok(&[BIN, "fsck", &addr, "--ceph-conf", c.conf()]);
+    assert!(out.starts_with("clean"), "fsck of {addr}: {out}");
+}
+
+const REC: usize = 4096;
+
+fn record(i: u64) -> Vec<u8> {
+    let mut r = vec![(i % 251) as u8; REC];
+    r[..8].copy_from_slice(&i.to_le_bytes());
+    r
+}
+
+/// Appends records to `path`, each fdatasync'd, until `stop` or an error; returns
+/// how many were acknowledged, and the first error if any.
+fn record_writer(path: PathBuf, stop: Arc<AtomicBool>) -> JoinHandle<(u64, Option<String>)> {
+    std::thread::spawn(move || {
+        let mut f = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => return (0, Some(e.to_string())),
+        };
+        let mut acked = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = f.write_all(&record(acked)).and_then(|_| f.sync_data()) {
+                return (acked, Some(e.to_string()));
+            }
+            acked += 1;
+        }
+        (acked, None)
+    })
+}
+
+/// Every one of the first `acked` records is in `path`, whole.
+fn check_records(path: &Path, acked: u64) {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    assert!(
+        len >= acked * REC as u64,
+        "{}: {len} bytes, {acked} records acknowledged",
+        path.display()
+    );
+    let mut buf = vec![0u8; REC];
+    for i in 0..acked {
+        f.read_exact_at(&mut buf, i * REC as u64).unwrap();
+        assert!(buf == record(i), "record {i} of {} differs", path.display());
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn clone_remount(c: &Cluster, work: &Path) {
+    mkfs(c, "basic");
+    let mnt = work.join("basic");
+    let m = RMount::new(c, "basic", &mnt, "h1", &[]);
+    std::fs::create_dir(mnt.join("prod")).unwrap();
+    for i in 0..20u64 {
+        let len = if i == 0 {
+            24 << 20
+        } else {
+            1000 + i as usize * 777
+        };
+        std::fs::write(mnt.join(format!("prod/f{i}")), pattern(i, len)).unwrap();
+    }
+    std::fs::create_dir(mnt.join("prod/.clone/copy")).unwrap();
+    std::fs::write(mnt.join("prod/f1"), b"changed after the clone").unwrap();
+    let status = run_ok(&[BIN, "status", s(&mnt)]);
+    assert!(
+        status.contains("copy") && status.contains("prod"),
+        "{status}"
+    );
+    // A second mount on this host (same --host) joins the store's daemon.
+    let alone = work.join("basic-copy");
+    std::fs::create_dir_all(&alone).unwrap();
+    let out = run_ok(&[
+        BIN,
+        "mount",
+        "rados://clonefs/basic",
+        s(&alone),
+        "--ceph-conf",
+        c.conf(),
+        "--host",
+        "h1",
+        "--cluster",
+        "copy",
+    ]);
+    assert!(out.contains("served by the store's daemon"), "{out}");
+    assert!(std::fs::read(alone.join("f3")).unwrap() == pattern(3, 1000 + 3 * 777));
+    run_ok(&[BIN, "umount", s(&alone)]);
+    m.umount();
+    fsck_clean(c, "basic");
+    let m = RMount::new(c, "basic", &mnt, "h1", &[]);
+    for i in 0..20u64 {
+        let len = if i == 0 {
+            24 << 20
+        } else {
+            1000 + i as usize * 777
+        };
+        let copy = std::fs::read(mnt.join(format!("copy/f{i}"))).unwrap();
+        assert!(copy == pattern(i, len), "copy/f{i} differs after a remount");
+        let prod = std::fs::read(mnt.join(format!("prod/f{i}"))).unwrap();
+        if i == 1 {
+            assert_eq!(prod, b"changed after the clone");
+        } else {
+            assert!(prod == pattern(i, len), "prod/f{i} differs after a remount");
+        }
+    }
+    m.umount();
+}
+
+fn errors(c: &Cluster, work: &Path) {
+    let fails = |cmd: &[&str], want: &str| {
+        let out = run(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{cmd:?}: {err}"
+        );
+    };
+    let conf = c.conf();
+    fails(
+        &[BIN, "mkfs", "rados://clonefs/basic", "--ceph-conf", conf],
+        "exists already",
+    );
+    fails(
+        &[BIN, "fsck", "rados://clonefs/nothing", "--ceph-conf", conf],
+        "no such store",
+    );
+    fails(
+        &[BIN, "mkfs", "rados://nopool/x", "--ceph-conf", conf],
+        "no pool 'nopool'",
+    );
+    fails(
+        &[BIN, "mkfs", "rados://clonefs/a/b", "--ceph-conf", conf],
+        "rados://POOL/STORE",
+    );
+    let mnt = work.join("missing");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let err = RMount::try_new(c, "nothing", &mnt, "h1", &[])
+        .err()
+        .expect("mounted a missing store");
+    assert!(err.contains("no such store"), "{err}");
+}
+
+fn second_writer_refused(c: &Cluster, work: &Path) {
+    let a = RMount::new(c, "basic", &work.join("a"), "host-one", &[]);
+    let err = RMount::try_new(c, "basic", &work.join("b"), "host-two", &[])
+        .err()
+        .expect("a second writer was let in");
+    assert!(err.contains("in use by host host-one"), "{err}");
+    assert!(err.contains("--take-over"), "{err}");
+    let out = run(&[
+        BIN,
+        "fsck",
+        "rados://clonefs/basic",
+        "--ceph-conf",
+        c.conf(),
+    ]);
+    assert!(!out.status.success(), "fsck ran beside a live writer");
+    a.umount();
+}
+
+fn sigkill_take_over(c: &Cluster, work: &Path) {
+    mkfs(c, "crash");
+    let mnt = work.join("crash");
+    let m = RMount::new(c, "crash", &mnt, "h1", &[]);
+    std::fs::create_dir(mnt.join("db")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = record_writer(mnt.join("db/log"), stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    m.kill();
+    let (acked, err) = w.join().unwrap();
+    assert!(acked > 10 && err.is_some(), "acked {acked}, error {err:?}");
+    // The lease of the dead daemon still lives: a plain mount is refused.
+    let err = RMount::try_new(c, "crash", &mnt, "h2", &[])
+        .err()
+        .expect("mounted under a live lease");
+    assert!(err.contains("host h1"), "{err}");
+    let t = Instant::now();
+    let m = RMount::new(c, "crash", &mnt, "h2", &["--take-over"]);
+    eprintln!(
+        "take-over after SIGKILL: {:.2} s, {acked} records",
+        t.elapsed().as_secs_f64()
+    );
+    check_records(&mnt.join("db/log"), acked);
+    m.umount();
+    fsck_clean(c, "crash");
+    // Killed again: fsck refuses the live lease, fsck --take-over checks (and lets
+    // go of the lease after), and a plain mount then finds every record.
+    let m = RMount::new(c, "crash", &mnt, "h2", &[]);
+    let w = record_writer(mnt.join("db/log2"), stop);
+    std::thread::sleep(Duration::from_secs(2));
+    m.kill();
+    let (acked, _) = w.join().unwrap();
+    let addr = "rados://clonefs/crash";
+    let out = run(&[BIN, "fsck", addr, "--ceph-conf", c.conf()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("host h2"), "{err}");
+    let out = run_ok(&[BIN, "fsck", addr, "--ceph-conf", c.conf(), "--take-over"]);
+    assert!(out.starts_with("clean"), "{out}");
+    let m = RMount::new(c, "crash", &mnt, "h3", &[]);
+    check_records(&mnt.join("db/log2"), acked);
+    m.umount();
+}
+
+/// A writer paused (SIGSTOP) mid-load; another host takes the store: with
+/// `--take-over` at once, or (`expire`) with a plain mount once the lease ran out.
+/// Woken, the paused writer cannot change a byte of the store.
+fn paused_writer(c: &Cluster, work: &Path, store: &str, expire: bool) {
+    mkfs(c, store);
+    let (ma, mb) = (
+        work.join(format!("{store}-a")),
+        work.join(format!("{store}-b")),
+    );
+    let a = RMount::new(c, store, &ma, "h1", &[]);
+    std::fs::create_dir(ma.join("db")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = record_writer(ma.join("db/log"), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    a.signal(libc::SIGSTOP);
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let b = if expire {
+        std::thread::sleep(LEASE + Duration::from_secs(2));
+        RMount::new(c, store, &mb, "h2", &[])
+    } else {
+        RMount::new(c, store, &mb, "h2", &["--take-over"])
+    };
+    // The writer thread is stuck in the stopped daemon: every record acknowledged
+    // so far is counted in its file on the new writer's side.
+    let len = std::fs::metadata(mb.join("db/log")).unwrap().len();
+    std::fs::write(mb.join("db/after"), b"written by the new holder").unwrap();
+    b.umount();
+    let before = c.objects(store);
+    assert!(!before.is_empty());
+    a.signal(libc::SIGCONT);
+    let (acked, _) = w.join().unwrap();
+    assert!(
+        acked > 5 && acked * REC as u64 <= len,
+        "acked {acked}, {len} bytes on the new side"
+    );
+    // The woken writer tries to write, sync and commit: all refused.
+    let wrote = std::fs::write(ma.join("db/late"), vec![7u8; 100_000]).and_then(|_| {
+        let f = std::fs::File::open(ma.join("db/late"))?;
+        f.sync_all()
+    });
+    assert!(wrote.is_err(), "the fenced writer's fsync succeeded");
+    std::thread::sleep(Duration::from_secs(3));
+    drop(a);
+    // Its log says why.
+    let logs = std::env::var("CLONEFS_RUN_DIR").unwrap() + "/rados/clonefs/";
+    let log = std::fs::read_to_string(format!("{logs}{store}@h1.log")).unwrap();
+    let why = if expire { "lease" } else { "blocklisted" };
+    assert!(log.contains(why), "{log}");
+    if expire {
+        let log = std::fs::read_to_string(format!("{logs}{store}@h2.log")).unwrap();
+        assert!(log.contains("did not close the store: fencing it"), "{log}");
+    }
+    assert!(
+        c.objects(store) == before,
+        "the fenced writer changed the store"
+    );
+    fsck_clean(c, store);
+    let m = RMount::new(c, store, &mb, "h2", &[]);
+    check_records(&mb.join("db/log"), acked);
+    assert!(!mb.join("db/late").exists());
+    assert_eq!(
+        std::fs::read(mb.join("db/after")).unwrap(),
+        b"written by the new holder"
+    );
+    m.umount();
+}
+
+/// In-process: random writes into files of two clusters and their clones, each
+/// reopen compared byte for byte with a reference; fsck clean at every reopen.
+fn engine_on_rados(c: &Cluster) {
+    use clonefs::store::addr::{StoreAddr, StoreOptions};
+    use clonefs::volume::{Ino, Kind, NewInode, Volume};
+    use std::collections::BTreeMap;
+    const WHO: NewInode = NewInode {
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let addr = StoreAddr::parse("rados://clonefs/engine").unwrap();
+    let opts = |host: &str, take_over: bool| StoreOptions {
+        ceph_conf: Some(c.conf.clone()),
+        host: Some(host.into()),
+        take_over,
+    };
+    Volume::mkfs_store(&addr, &opts("e1", false), 1 << 30, 4096, Duration::ZERO).unwrap();
+    let mut vol = Volume::open_store(&addr, &opts("e1", false), true).unwrap();
+    vol.close().unwrap();
+    vol = Volume::open_store(&addr, &opts("e1", false), false).unwrap();
+    // cluster -> file -> bytes
+    let mut model: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for cl in ["a", "b"] {
+        vol.create_cluster(cl, WHO).unwrap();
+        model.insert(cl.into(), BTreeMap::new());
+    }
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..4 {
+        for _ in 0..60 {
+            let cls: Vec<String> = model.keys().cloned().collect();
+            let cl = &cls[rnd(cls.len() as u64) as usize];
+            let cid = vol.cluster_by_name(cl).unwrap().id;
+            let name = format!("f{}", rnd(4));
+            let ino = match vol.lookup(cid, Ino::ROOT, name.as_bytes()) {
+                Ok(a) => a.ino,
+                Err(_) => {
+                    vol.mknod(cid, Ino::ROOT, name.as_bytes(), Kind::File, WHO, 0)
+                        .unwrap()
+                        .ino
+                }
+            };
+            // Offsets up to 10 MiB: writes cross the 4 MiB objects' boundaries.
+            let off = rnd(10 << 20);
+            let data = pattern(rnd(1 << 30), 1 + rnd(300_000) as usize);
+            assert_eq!(vol.write(cid, ino, off, &data).unwrap(), data.len());
+            let f = model.get_mut(cl).unwrap().entry(name).or_default();
+            let end = off as usize + data.len();
+            if f.len() < end {
+                f.resize(end, 0);
+            }
+            f[off as usize..end].copy_from_slice(&data);
+        }
+        let clone = format!("c{round}");
+        let src = model
+            .keys()
+            .nth(rnd(model.len() as u64) as usize)
+            .unwrap()
+            .clone();
+        vol.clone_cluster(&src, &clone).unwrap();
+        let copy = model[&src].clone();
+        model.insert(clone, copy);
+        vol.close().unwrap();
+        drop(vol);
+        vol = Volume::open_store(&addr, &opts("e1", false), false).unwrap();
+        let report = vol.fsck().unwrap();
+        assert!(report.is_clean(), "round {round}: {report}");
+        for (cl, files) in &model {
+            let cid = vol.cluster_by_name(cl).unwrap().id;
+            for (name, want) in files {
+                let ino = vol.lookup(cid, Ino::ROOT, name.as_bytes()).unwrap().ino;
+                let got = vol.read(cid, ino, 0, want.len() + 1).unwrap();
+                assert!(
+                    got == *want,
+                    "round {round}: {cl}/{name} differs after a reopen"
+                );
+            }
+        }
+    }
+    // Taken over under its feet, the old writer's next commit fails.
+    let cid = vol.cluster_by_name("a").unwrap().id;
+    let ino = vol.lookup(cid, Ino::ROOT, b"f0").unwrap_or_else(|_| {
+        vol.mknod(cid, Ino::ROOT, b"f0", Kind::File, WHO, 0)
+            .unwrap()
+    });
+    let new = Volume::open_store(&addr, &opts("e2", true), false).unwrap();
+    let late = vol
+        .write(cid, ino.ino, 0, b"late")
+        .and_then(|_| vol.commit());
+    let err = late.expect_err("a fenced writer committed").to_string();
+    assert!(
+        err.contains("blocklisted") || err.contains("lease"),
+        "{err}"
+    );
+    drop(vol);
+    let report = new.fsck().unwrap();
+    assert!(report.is_clean(), "after the take-over: {report}");
+    new.close().unwrap();
+}
+
+fn osd_killed(c: &Cluster, work: &Path) {
+    mkfs(c, "osd");
+    let mnt = work.join("osd");
+    let m = RMount::new(c, "osd", &mnt, "h1", &[]);
+    std::fs::create_dir(mnt.join("db")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = record_writer(mnt.join("db/log"), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill has no memory effects; the pid is this cluster's osd.1.
+    unsafe { libc::kill(c.osd_pid(1), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, err) = w.join().unwrap();
+    assert!(
+        err.is_none(),
+        "the writer saw an error after an OSD died: {err:?}"
+    );
+    eprintln!("{acked} records through an OSD's death");
+    m.umount();
+    fsck_clean(c, "osd");
+    let m = RMount::new(c, "osd", &mnt, "h1", &[]);
+    check_records(&mnt.join("db/log"), acked);
+    m.umount();
+}
+
+fn unreachable(work: &Path) {
+    let conf = work.join("bad.conf");
+    std::fs::write(
+        &conf,
+        "[global]\nmon host = 127.0.0.1:9\nauth client required = none\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = run_for(
+        120,
+        &[BIN, "mkfs", "rados://clonefs/x", "--ceph-conf", s(&conf)],
+    );
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach the Ceph cluster"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "the error took {took:?}");
+    let mnt = work.join("unreachable");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let t = Instant::now();
+    let out = run_for(
+        120,
+        &[
+            BIN,
+            "mount",
+            "rados://clonefs/x",
+            s(&mnt),
+            "--ceph-conf",
+            s(&conf),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach the Ceph cluster"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the mount's error took {:?}",
+        t.elapsed()
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn rados_store() {
+    if let Some(why) = common::no_fuse() {
+        eprintln!("SKIPPED: the RADOS tests need FUSE: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("clonefs-ceph.")
+        .tempdir()
+        .unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // The anchors, sockets and logs of this test's daemons (inherited by them).
+    std::env::set_var("CLONEFS_RUN_DIR", tmp.path().join("run"));
+    let c = Cluster::start(tmp);
+    let mut took = Vec::new();
+    let mut step = |name: &str, f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        took.push(format!("{name} {:.1} s", t.elapsed().as_secs_f64()));
+    };
+    step("clone_remount", &|| clone_remount(&c, &work));
+    step("errors", &|| errors(&c, &work));
+    step("second_writer_refused", &|| {
+        second_writer_refused(&c, &work)
+    });
+    step("sigkill_take_over", &|| sigkill_take_over(&c, &work));
+    step("sigstop_take_over", &|| {
+        paused_writer(&c, &work, "pause", false)
+    });
+    step("lease_expired", &|| {
+        paused_writer(&c, &work, "expire", true)
+    });
+    step("engine_on_rados", &|| engine_on_rados(&c));
+    step("osd_killed", &|| osd_killed(&c, &work));
+    step("unreachable", &|| unreachable(&work));
+    eprintln!("{}", took.join(", "));
+}
