@@ -444,6 +444,23 @@ cold() {
   drop_caches
 }
 
+# PostgreSQL servers (sections 2, 6 and ceph): $sock, their socket dir, is set by the section that starts them
+pg_pid=
+start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock
+  local name=$1 data=$2 port=$3 i
+  (cd / && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 >"$work/server-$name.log" 2>&1) &
+  pg_pid=$!
+  servers+=("$pg_pid")
+  for ((i = 0; i < 240; i++)); do
+    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
+    kill -0 "$pg_pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
+    sleep 0.5
+  done
+  fail "the $name server is not ready after 120 s"
+}
+stop_started() { stop_server "$pg_pid"; servers=(); }
+
 # the table: printed at the end (by a BENCH_ONLY=scale run, after its section)
 print_table() {
   local mode=full
@@ -681,21 +698,6 @@ say "pgbench: scale $pg_scale, 4 clients, $pg_secs s, native vs clonefs"
 sock=$work/sock
 mkdir -p "$sock"
 chown postgres: "$sock"
-pg_pid=
-start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock
-  local name=$1 data=$2 port=$3 i
-  (cd / && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 >"$work/server-$name.log" 2>&1) &
-  pg_pid=$!
-  servers+=("$pg_pid")
-  for ((i = 0; i < 240; i++)); do
-    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
-    kill -0 "$pg_pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
-    sleep 0.5
-  done
-  fail "the $name server is not ready after 120 s"
-}
-stop_started() { stop_server "$pg_pid"; servers=(); }
 port=$(pyrun port 55480)
 pgn=$work/pg-native
 mkdir -p "$pgn"
