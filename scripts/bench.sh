@@ -824,7 +824,6 @@ bench_ceph() {
   say "ceph: clones of ${ceph_clone_sizes[*]} MiB clusters, 11 each, on both stores"
   section "ceph: clone time, os.mkdir of CLUSTER/.clone/NAME timed in-process (the data synced before each), median of 11; native = the local store, clonefs = the Ceph store"
   PYTIMEOUT=1800 pyrun ceph_clones "$lmnt" "$cmnt" "${ceph_clone_sizes[@]}"
-  timeout 60 "$bin" status "$cmnt" >"$work/ceph-status.out" 2>&1 || true
   umount_clonefs "$cmnt"
   umount_clonefs "$lmnt"
   [ -z "$(ceph_daemons)" ] || fail "the daemon of $ceph_store is still up after its umount"
