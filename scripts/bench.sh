@@ -746,7 +746,7 @@ bench_ceph() {
     places=("${places[@]:$((cturn++ % 3)):3}")
     for t in "${places[@]}"; do
       if [ "$kind" = read ]; then cold_place "$t"; else timeout 300 sync; fi
-      say "ceph: $label on $t"
+      say "$label on $t"
       if [ "$t" = rbd ] && [ "$rbd_mode" = bench ]; then
         # shellcheck disable=SC2086 # the rbd bench options are space-separated words
         timeout $((ceph_rt * 10 + 300)) rbd bench $rbdb --io-threads 1 --io-total "$ceph_fio_size" clonefs/fio \
