@@ -2,17 +2,20 @@
 # clonefs against native and peers: fio (native dir, bindfs, clonefs), pgbench, clone time, lineage reads beside a qcow2 chain,
 # space, file tools (tar, du, grep, cp, rm on a doc tree; big-file cp, dd), engine, restore points, scale (status, fdatasync, mount,
 # RSS, fsck at up to 10,000 clusters and 8 GiB); installs what is missing, prints one table (ratios to native, PASS/MISS).
-# Usage: scripts/bench.sh [--quick] [DIR]; BENCH_ONLY=scale scripts/bench.sh [--quick] [DIR] runs the scale section alone.
+# Usage: scripts/bench.sh [--quick] [DIR]; BENCH_ONLY=scale scripts/bench.sh [--quick] [DIR] runs the scale section alone;
+# scripts/bench.sh --ceph [--quick] [DIR] runs the Ceph section alone (its own throwaway cluster: a store on RADOS, RBD as peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 quick=0
+ceph=0
 dir=/var/tmp # the native directory: stores, mounts, the qcow2 chain and the native side all live on its disk
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,5p' "$0"; exit 0 ;;
+    --ceph) ceph=1 ;;
+    -h | --help) sed -n '2,6p' "$0"; exit 0 ;;
     *) dir=$a ;;
   esac
 done
@@ -23,6 +26,7 @@ case "$only" in
   "" | scale) ;;
   *) echo "bench: BENCH_ONLY=$only: only 'scale' runs alone" >&2; exit 2 ;;
 esac
+[ -z "$only" ] || ((!ceph)) || { echo "bench: --ceph runs the Ceph section alone; not with BENCH_ONLY=$only" >&2; exit 2; }
 if ((quick)); then
   fio_size=256M fio_rt=1 pg_secs=10 clone_sizes=(64 256 1024) many=1000 lin_mib=64
   ft_big=256M ft_exclude=(--exclude=core/arch) # file tools: the core docs without core/arch (17k files)
@@ -32,6 +36,13 @@ else
   ft_big=2G ft_exclude=() # file tools: the toolchain's core docs (41,874 files)
   scale_clusters=(1 1000 10000) scale_gib=(1 8)
 fi
+# the Ceph section: fio file size, run time (s), pgbench seconds and scale, clone sizes (MiB)
+if ((quick)); then
+  ceph_fio_size=128M ceph_rt=3 ceph_pg_secs=10 ceph_clone_sizes=(64 1024)
+else
+  ceph_fio_size=512M ceph_rt=10 ceph_pg_secs=20 ceph_clone_sizes=(64 1024)
+fi
+ceph_pg_scale=5
 depths=(1 16 64 256)
 pg_scale=10
 started=$SECONDS
@@ -54,6 +65,7 @@ command -v bindfs >/dev/null || need+=(bindfs)
 { command -v qemu-img && command -v qemu-io; } >/dev/null || need+=(qemu-utils)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v python3 >/dev/null || need+=(python3)
+((ceph)) && ! command -v rbd >/dev/null && need+=(ceph-common) # rbd; scripts/ceph-up.sh installs the daemons
 pgbin=$(pg_bin)
 for t in initdb postgres pgbench pg_isready psql; do [ -n "$pgbin" ] && [ -x "$pgbin/$t" ] || need+=(postgresql); done
 ((${#need[@]} == 0)) || install_pkgs $(printf '%s\n' "${need[@]}" | sort -u)
@@ -80,6 +92,8 @@ py=$work/bench.py
 mounts=()  # "clonefs MNT" or "bindfs MNT": everything this run mounted
 servers=() # PIDs of the postmasters this run started
 bg_pids=() # PIDs of other background commands this run started (the scale section's writer)
+ceph_dir=  # the Ceph section's cluster (scripts/ceph-up.sh DIR), stopped by cleanup
+ceph_store= # its store, rados://clonefs/NAME
 stop_server() { # PID: fast shutdown, then immediate, then SIGKILL; only PIDs this run started
   local pid=$1 sig i
   for sig in INT QUIT KILL; do
@@ -105,6 +119,11 @@ cleanup() {
       timeout 20 fusermount3 -u "$m" || timeout 20 fusermount3 -uz "$m"
     fi
   done
+  if [ -n "$ceph_dir" ]; then
+    # a daemon of the RADOS store still up (its mount detached): ours if its command line names this cluster's config
+    for p in $(ceph_daemons); do kill -KILL "$p" 2>/dev/null; done
+    timeout 120 "$root/scripts/ceph-down.sh" "$ceph_dir" || echo "bench: scripts/ceph-down.sh $ceph_dir failed" >&2
+  fi
   if [ "$rc" != 0 ]; then
     echo "bench: failed (exit $rc); the last lines of each log:" >&2
     for f in "$work"/*.log "$work"/*.err; do [ -s "$f" ] && { echo "---- $f" >&2; tail -n 15 "$f" >&2; }; done
@@ -119,6 +138,16 @@ cleanup() {
     timeout 600 rm -rf "$work"
   fi
   exit "$rc"
+}
+# ceph_daemons: PIDs of clonefs daemons serving $ceph_store with this run's ceph.conf (none if no Ceph section ran)
+ceph_daemons() {
+  local p a
+  [ -n "$ceph_store" ] || return 0
+  for p in /proc/[0-9]*; do
+    mapfile -d '' -t a 2>/dev/null <"$p/cmdline" || continue
+    [ "${a[1]:-}" = mount ] && [ "${a[2]:-}" = "$ceph_store" ] && [[ " ${a[*]} " == *" $ceph_dir/ceph.conf "* ]] && echo "${p#/proc/}"
+  done
+  return 0
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
@@ -294,6 +323,37 @@ def cmd_clones(mnt, native_dir, many, *sizes):
             target, spec = "+ 1% to 1.5% of the data", f"delta_in=space{k - 1}:{big * 0.01:.3f}:{big * 0.015:.3f}"
         row("R", f"space{k}", f"store used {what}", f"{logical:.3f}", "", "", f"{used:.3f}", target, spec)
 
+def cmd_ceph_clones(local_mnt, ceph_mnt, *sizes):
+    """The Ceph section's clone rows: per size, a cluster holding that much on each store, then 11 clones of it
+    (os.mkdir of CLUSTER/.clone/NAME timed in-process, the data synced before each); native = the local store."""
+    sizes = [int(s) for s in sizes]
+    med = {}
+    for s in sizes:
+        for where, mnt in (("local", local_mnt), ("ceph", ceph_mnt)):
+            src = f"cd{s}"
+            os.mkdir(os.path.join(mnt, src))
+            data = os.path.join(mnt, src, "data")
+            t = time.perf_counter()
+            write_file(data, s)
+            settle(data)
+            secs = time.perf_counter() - t
+            print(f"wrote {s} MiB into cluster {src} on the {where} store in {secs:.1f} s ({s / secs:.1f} MiB/s)",
+                  file=sys.stderr)
+            time.sleep(3)  # as in cmd_clones: let the host settle after the write
+            times = []
+            for k in range(1, 12):
+                settle(data)
+                times.append(timed_mkdir(os.path.join(mnt, src, ".clone", f"{src}c{k}")))
+            print(f"clones of {src} on the {where} store, ms: " + " ".join(f"{x:.2f}" for x in times), file=sys.stderr)
+            med[where, s] = statistics.median(times)
+    for s in sizes:
+        spec, target = "lt=10", "< 10 ms"
+        if s != sizes[0]:
+            spec += f"&le_row=cclone{sizes[0]}*2"
+            target += f"; <= 2x the {sizes[0]} MiB clone"
+        row("R", f"cclone{s}", f"clone of a {s:,} MiB cluster, ms, median of 11", f"{med['local', s]:.6f}", "", "",
+            f"{med['ceph', s]:.6f}", target, spec)
+
 def cmd_lineage(mnt, mib, depth):
     """Cluster l0 holds a file; l(i) is a clone of l(i-1) that rewrote one page."""
     mib, depth = int(mib), int(depth)
@@ -443,6 +503,23 @@ cold() {
   fi
   drop_caches
 }
+
+# PostgreSQL servers (sections 2, 6 and ceph): $sock, their socket dir, is set by the section that starts them
+pg_pid=
+start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock
+  local name=$1 data=$2 port=$3 i
+  (cd / && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 >"$work/server-$name.log" 2>&1) &
+  pg_pid=$!
+  servers+=("$pg_pid")
+  for ((i = 0; i < 240; i++)); do
+    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
+    kill -0 "$pg_pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
+    sleep 0.5
+  done
+  fail "the $name server is not ready after 120 s"
+}
+stop_started() { stop_server "$pg_pid"; servers=(); }
 
 # the table: printed at the end (by a BENCH_ONLY=scale run, after its section)
 print_table() {
@@ -599,6 +676,168 @@ if [ "$only" = scale ]; then
   exit 0
 fi
 
+# ---- ceph (issue 19): a store on Ceph RADOS beside a local store file, RBD as the peer ---------------------------------
+# Runs alone (scripts/bench.sh --ceph [--quick]): its own throwaway cluster (scripts/ceph-up.sh: 1 mon, 3 OSDs on loopback,
+# pool clonefs of size 3), stopped by cleanup (scripts/ceph-down.sh) whatever happens. Columns: native = clonefs on a
+# local store file in $dir, peer = Ceph's own block device (an RBD image in the same pool, through librbd), clonefs =
+# clonefs on the RADOS store; each label ends with the clonefs/rbd ratio where the row has both.
+bench_ceph() {
+  local conf lstore=$work/ceph-local.clonefs lmnt=$work/ceph-local-mnt cmnt=$work/ceph-mnt t
+  local rbd_mode=fio
+  ceph_dir=$work/ceph
+  ceph_store=rados://clonefs/bench
+  export CLONEFS_RUN_DIR=$work/ceph-run # the RADOS store's anchor, lock, socket: in this run's dir, not /run/clonefs
+  say "ceph: starting a throwaway cluster in $ceph_dir (scripts/ceph-up.sh)"
+  timeout 600 "$root/scripts/ceph-up.sh" "$ceph_dir" >"$work/ceph-up.out" 2>"$work/ceph-up.err" ||
+    fail "scripts/ceph-up.sh failed: $(tail -n 5 "$work/ceph-up.err")"
+  conf=$(sed -n 's/^CEPH_CONF=//p' "$work/ceph-up.out" | tail -1)
+  [ -f "$conf" ] || fail "scripts/ceph-up.sh printed no CEPH_CONF"
+  export CEPH_CONF=$conf # for ceph, rbd and fio's rbd engine (librados reads it)
+  say "ceph: $(tail -n 1 "$work/ceph-up.err")"
+  if ! fio --enghelp 2>/dev/null | grep -qw rbd; then
+    rbd_mode=bench
+    say "ceph: this fio has no rbd engine; the peer figures come from rbd bench"
+  fi
+  timeout 60 ceph osd pool application enable clonefs rbd --yes-i-really-mean-it >/dev/null 2>&1 || true
+  timeout 120 rbd create clonefs/fio --size "$ceph_fio_size" || fail "rbd create clonefs/fio failed"
+
+  timeout 60 "$bin" mkfs "$lstore" --size 16G >/dev/null
+  timeout 120 "$bin" mkfs "$ceph_store" --ceph-conf "$conf" --size 16G >/dev/null || fail "clonefs mkfs $ceph_store failed"
+  mount_clonefs "$lstore" "$lmnt"
+  mount_ceph() {
+    mkdir -p "$cmnt"
+    mounts+=("clonefs $cmnt")
+    timeout 120 "$bin" mount "$ceph_store" "$cmnt" --ceph-conf "$conf" --allow-other --log "$work/ceph-store.log" >/dev/null ||
+      fail "clonefs mount $ceph_store failed"
+    grep -q " $cmnt " /proc/mounts || fail "clonefs mount returned but $cmnt is not mounted"
+  }
+  mount_ceph
+  # cold_place PLACE: before a cold read (the clonefs mounts remounted, the page cache dropped)
+  cold_place() {
+    case "$1" in
+      local) cold clonefs "$lmnt" "$lstore" ;;
+      ceph) umount_clonefs "$cmnt"; mount_ceph; drop_caches ;;
+      rbd) drop_caches ;;
+    esac
+  }
+  timeout 30 mkdir "$lmnt/fio" "$cmnt/fio"
+  local cfio=(--name=bench --ioengine=psync --direct=0 --fallocate=none --group_reporting --size="$ceph_fio_size"
+    --numjobs=1 --output-format=json)
+  local rbdio=(--ioengine=rbd --clientname=admin --pool=clonefs --rbdname=fio)
+  say "ceph: laying out $ceph_fio_size for fio on the local store, the Ceph store and the RBD image"
+  timeout 1200 fio "${cfio[@]}" --directory="$lmnt/fio" --rw=read --bs=1M --create_only=1 --output="$work/fio.json" 2>>"$work/fio.err"
+  timeout 1200 fio "${cfio[@]}" --directory="$cmnt/fio" --rw=read --bs=1M --create_only=1 --output="$work/fio.json" 2>>"$work/fio.err"
+  if [ "$rbd_mode" = fio ]; then
+    timeout 1200 fio "${cfio[@]}" "${rbdio[@]}" --rw=write --bs=1M --output="$work/fio.json" 2>>"$work/fio.err" ||
+      fail "fio on the RBD image failed (see fio.err)"
+  else
+    timeout 1200 rbd bench --io-type write --io-size 1M --io-threads 1 --io-pattern seq --io-total "$ceph_fio_size" \
+      clonefs/fio >"$work/rbd-bench.out" 2>&1 || fail "rbd bench failed: $(tail -n 3 "$work/rbd-bench.out")"
+  fi
+
+  section "ceph (issue 19): a throwaway cluster on loopback (scripts/ceph-up.sh: 1 mon, 3 OSDs on files in $dir, pool clonefs of size 3); fio psync, buffered, a $ceph_fio_size file, ${ceph_rt} s runs, 1 job; native = clonefs on a local store file in $dir, peer = rbd: fio's rbd engine on an RBD image in the same pool (iodepth 1; its sync is a flush: --fsync), clonefs = clonefs on rados://clonefs/bench; reads after a remount and a dropped page cache"
+  local cturn=0
+  # ceph_fio ID LABEL KIND(read|write) FIELD(mib|iops) SYNC(0|1) RBD-BENCH-ARGS FIO-ARGS...: one row, the places in turn first
+  ceph_fio() {
+    local id=$1 label=$2 kind=$3 field=$4 sync=$5 rbdb=$6 t mib iops out r peer=rbd
+    shift 6
+    local -A got=()
+    local places=(local rbd ceph local rbd ceph) args
+    places=("${places[@]:$((cturn++ % 3)):3}")
+    for t in "${places[@]}"; do
+      if [ "$kind" = read ]; then cold_place "$t"; else timeout 300 sync; fi
+      say "$label on $t"
+      if [ "$t" = rbd ] && [ "$rbd_mode" = bench ]; then
+        # shellcheck disable=SC2086 # the rbd bench options are space-separated words
+        timeout $((ceph_rt * 10 + 300)) rbd bench $rbdb --io-threads 1 --io-total "$ceph_fio_size" clonefs/fio \
+          >"$work/rbd-bench.out" 2>&1 || fail "rbd bench failed: $(tail -n 3 "$work/rbd-bench.out")"
+        # its last line: elapsed: S ops: N ops/sec: X bytes/sec: ...; the MiB/s rows do 1 MiB operations
+        got[$t]=$(awk '/^ *elapsed:/ { x = $6 } END { print x }' "$work/rbd-bench.out")
+        continue
+      fi
+      case "$t" in
+        local) args=(--directory="$lmnt/fio") ;;
+        ceph) args=(--directory="$cmnt/fio") ;;
+        rbd) args=("${rbdio[@]}") ;;
+      esac
+      if ((sync)); then
+        if [ "$t" = rbd ]; then args+=(--fsync=1); else args+=(--fdatasync=1); fi
+      fi
+      timeout $((ceph_rt * 10 + 300)) fio "${cfio[@]}" "${args[@]}" "$@" --output="$work/fio.json" 2>>"$work/fio.err" ||
+        fail "fio ($label) on $t failed (see fio.err)"
+      out=$(pyrun fio "$work/fio.json" "$kind")
+      read -r mib iops <<<"$out"
+      if [ "$field" = mib ]; then got[$t]=$mib; else got[$t]=$iops; fi
+    done
+    r=$(python3 -c "print(f'{${got[ceph]} / max(${got[rbd]}, 1e-9):.2f}x')")
+    [ "$rbd_mode" = bench ] && peer="rbd bench"
+    row "$id" "$label (clonefs/$peer $r)" "${got[local]}" "$peer" "${got[rbd]}" "${got[ceph]}" "" ""
+  }
+  local tbc=(--time_based --runtime="$ceph_rt")
+  ceph_fio crs "ceph: fio rand write 4 KiB + fdatasync, 1 job, IOPS" write iops 1 \
+    "--io-type write --io-size 4K --io-pattern rand" --rw=randwrite --bs=4k "${tbc[@]}"
+  ceph_fio csw "ceph: fio seq write 1 MiB, 1 job, MiB/s" write mib 0 \
+    "--io-type write --io-size 1M --io-pattern seq" --rw=write --bs=1M "${tbc[@]}"
+  # one pass over the file (capped at the run time), from the OSDs, not from a cache of the client's
+  ceph_fio csr "ceph: fio seq read 1 MiB, 1 job, MiB/s" read mib 0 \
+    "--io-type read --io-size 1M --io-pattern seq" --rw=read --bs=1M --runtime="$ceph_rt"
+  timeout 120 rm -rf "$lmnt/fio" "$cmnt/fio"
+  timeout 120 rbd rm clonefs/fio >/dev/null 2>&1 || say "ceph: rbd rm clonefs/fio failed (the cluster goes anyway)"
+
+  say "ceph: pgbench scale $ceph_pg_scale, 4 clients, $ceph_pg_secs s, on the local store and on the Ceph store"
+  sock=$work/sock
+  mkdir -p "$sock"
+  chown postgres: "$sock"
+  port=$(pyrun port 55480)
+  local src=$work/ceph-pg-src
+  mkdir -p "$src"
+  chown postgres: "$src"
+  chmod 700 "$src"
+  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    initdb -D "$src" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/ceph-initdb.log" 2>&1 ||
+    fail "initdb failed: $(tail -n 5 "$work/ceph-initdb.log")"
+  start_server ceph-init "$src" "$port"
+  timeout 900 pgbench -i -s "$ceph_pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/ceph-pgbench-init.log" 2>&1 ||
+    fail "pgbench -i failed: $(tail -n 5 "$work/ceph-pgbench-init.log")"
+  timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
+  stop_started
+  local -A ctps=() pgmnt=([local]=$lmnt [ceph]=$cmnt)
+  for t in local ceph; do
+    timeout 30 mkdir "${pgmnt[$t]}/pg"
+    timeout 900 cp -a "$src" "${pgmnt[$t]}/pg/data"
+  done
+  timeout 600 rm -rf "$src"
+  for t in local ceph; do
+    cold_place "$t"
+    start_server "ceph-$t" "${pgmnt[$t]}/pg/data" "$port"
+    say "ceph: pgbench -c 4 -j 2 -T $ceph_pg_secs on the $t store"
+    timeout $((ceph_pg_secs + 300)) pgbench -c 4 -j 2 -T "$ceph_pg_secs" -h 127.0.0.1 -p "$port" -U postgres postgres \
+      >"$work/ceph-pgbench-$t.log" 2>&1 || fail "pgbench on the $t store failed: $(tail -n 5 "$work/ceph-pgbench-$t.log")"
+    ctps[$t]=$(awk '/^tps/ { print $3; exit }' "$work/ceph-pgbench-$t.log")
+    stop_started
+    say "ceph: pgbench on the $t store: ${ctps[$t]} tps"
+  done
+  section "ceph: pgbench (PostgreSQL $(basename "$(dirname "$pgbin")"), scale $ceph_pg_scale, 4 clients, $ceph_pg_secs s, the server started after a remount); native = the data directory on the local store, clonefs = on the Ceph store (a copy of the same files); no peer"
+  row cpg "ceph: pgbench -c 4 -j 2, tps" "${ctps[local]}" "" "" "${ctps[ceph]}" "" ""
+  timeout 600 rm -rf "$lmnt/pg" "$cmnt/pg"
+
+  say "ceph: clones of ${ceph_clone_sizes[*]} MiB clusters, 11 each, on both stores"
+  section "ceph: clone time, os.mkdir of CLUSTER/.clone/NAME timed in-process (the data synced before each), median of 11; native = the local store, clonefs = the Ceph store"
+  PYTIMEOUT=1800 pyrun ceph_clones "$lmnt" "$cmnt" "${ceph_clone_sizes[@]}"
+  umount_clonefs "$cmnt"
+  umount_clonefs "$lmnt"
+  [ -z "$(ceph_daemons)" ] || fail "the daemon of $ceph_store is still up after its umount"
+  say "ceph: stopping the cluster (scripts/ceph-down.sh)"
+  timeout 120 "$root/scripts/ceph-down.sh" "$ceph_dir" || fail "scripts/ceph-down.sh $ceph_dir failed"
+  ceph_dir=
+  timeout 600 rm -f "$lstore"
+}
+if ((ceph)); then
+  bench_ceph
+  print_table
+  exit 0
+fi
+
 # ---- 1. fio: native directory, bindfs of it, clonefs cluster -------------------------------
 say "fio: ${fio_size} per job, ${fio_rt} s per run, on a native dir, a bindfs of another and a clonefs cluster"
 native=$work/native
@@ -681,21 +920,6 @@ say "pgbench: scale $pg_scale, 4 clients, $pg_secs s, native vs clonefs"
 sock=$work/sock
 mkdir -p "$sock"
 chown postgres: "$sock"
-pg_pid=
-start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1:PORT, socket in $sock
-  local name=$1 data=$2 port=$3 i
-  (cd / && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    postgres -D "$data" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 >"$work/server-$name.log" 2>&1) &
-  pg_pid=$!
-  servers+=("$pg_pid")
-  for ((i = 0; i < 240; i++)); do
-    timeout 10 pg_isready -q -h 127.0.0.1 -p "$port" && return 0
-    kill -0 "$pg_pid" 2>/dev/null || fail "the $name server exited during startup (see server-$name.log)"
-    sleep 0.5
-  done
-  fail "the $name server is not ready after 120 s"
-}
-stop_started() { stop_server "$pg_pid"; servers=(); }
 port=$(pyrun port 55480)
 pgn=$work/pg-native
 mkdir -p "$pgn"
