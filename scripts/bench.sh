@@ -774,7 +774,7 @@ bench_ceph() {
     row "$id" "$label (clonefs/$peer $r)" "${got[local]}" "$peer" "${got[rbd]}" "${got[ceph]}" "" ""
   }
   local tbc=(--time_based --runtime="$ceph_rt")
-  ceph_fio crs "ceph: fio rand write 4 KiB + fdatasync, 1 job, IOPS" write iops 1 \
+  ceph_fio crs "ceph: fio rand write 4 KiB + fdatasync (rbd: a flush), 1 job, IOPS" write iops 1 \
     "--io-type write --io-size 4K --io-pattern rand" --rw=randwrite --bs=4k "${tbc[@]}"
   ceph_fio csw "ceph: fio seq write 1 MiB, 1 job, MiB/s" write mib 0 \
     "--io-type write --io-size 1M --io-pattern seq" --rw=write --bs=1M "${tbc[@]}"
