@@ -520,6 +520,22 @@ start_server() { # NAME DATADIR PORT: a postmaster as user postgres on 127.0.0.1
   fail "the $name server is not ready after 120 s"
 }
 stop_started() { stop_server "$pg_pid"; servers=(); }
+# pg_seed NAME DIR SCALE: a new data directory DIR (initdb as postgres) holding pgbench's tables at
+# SCALE, checkpointed and its server stopped, for a section to copy or start; on $port, logs NAME-*.log
+pg_seed() {
+  local name=$1 dir=$2 scale=$3
+  mkdir -p "$dir"
+  chown postgres: "$dir"
+  chmod 700 "$dir"
+  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    initdb -D "$dir" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/$name-initdb.log" 2>&1 ||
+    fail "initdb failed: $(tail -n 5 "$work/$name-initdb.log")"
+  start_server "$name-init" "$dir" "$port"
+  timeout 900 pgbench -i -s "$scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/$name-pgbench-init.log" 2>&1 ||
+    fail "pgbench -i failed: $(tail -n 5 "$work/$name-pgbench-init.log")"
+  timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
+  stop_started
+}
 
 # the table: printed at the end (by a BENCH_ONLY=scale run, after its section)
 print_table() {
@@ -790,17 +806,7 @@ bench_ceph() {
   chown postgres: "$sock"
   port=$(pyrun port 55480)
   local src=$work/ceph-pg-src
-  mkdir -p "$src"
-  chown postgres: "$src"
-  chmod 700 "$src"
-  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    initdb -D "$src" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/ceph-initdb.log" 2>&1 ||
-    fail "initdb failed: $(tail -n 5 "$work/ceph-initdb.log")"
-  start_server ceph-init "$src" "$port"
-  timeout 900 pgbench -i -s "$ceph_pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/ceph-pgbench-init.log" 2>&1 ||
-    fail "pgbench -i failed: $(tail -n 5 "$work/ceph-pgbench-init.log")"
-  timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
-  stop_started
+  pg_seed ceph "$src" "$ceph_pg_scale"
   local -A ctps=() pgmnt=([local]=$lmnt [ceph]=$cmnt)
   for t in local ceph; do
     timeout 30 mkdir "${pgmnt[$t]}/pg"
@@ -922,18 +928,8 @@ mkdir -p "$sock"
 chown postgres: "$sock"
 port=$(pyrun port 55480)
 pgn=$work/pg-native
-mkdir -p "$pgn"
-chown postgres: "$pgn"
-chmod 700 "$pgn"
-timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-  initdb -D "$pgn" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/initdb.log" 2>&1 ||
-  fail "initdb failed: $(tail -n 5 "$work/initdb.log")"
-start_server native-init "$pgn" "$port"
-say "pgbench -i -s $pg_scale (native; the clonefs side gets a copy of the same files)"
-timeout 900 pgbench -i -s "$pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/pgbench-init.log" 2>&1 ||
-  fail "pgbench -i failed: $(tail -n 5 "$work/pgbench-init.log")"
-timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
-stop_started
+say "initdb and pgbench -i -s $pg_scale (native; the clonefs side gets a copy of the same files)"
+pg_seed native "$pgn" "$pg_scale"
 pstore=$work/pg.clonefs
 pmnt=$work/pg-mnt
 timeout 60 "$bin" mkfs "$pstore" --size 16G >/dev/null
@@ -1241,17 +1237,7 @@ bench_pitr() {
 
   say "restore points: pgbench -c 4 -j 2, ${secs} s runs, $pg_reps each on cluster pgon (default) and pgoff (modify --retention 0)"
   local src=$work/pitr-pg-src store=$work/pitr-pg.clonefs mnt=$work/pitr-pg-mnt
-  mkdir -p "$src"
-  chown postgres: "$src"
-  chmod 700 "$src"
-  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    initdb -D "$src" -U postgres --auth=trust -E UTF8 --no-instructions >"$work/pitr-initdb.log" 2>&1 ||
-    fail "initdb failed: $(tail -n 5 "$work/pitr-initdb.log")"
-  start_server pitr-init "$src" "$port"
-  timeout 900 pgbench -i -s "$pg_scale" -q -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/pitr-pgbench-init.log" 2>&1 ||
-    fail "pgbench -i failed: $(tail -n 5 "$work/pitr-pgbench-init.log")"
-  timeout 300 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c CHECKPOINT
-  stop_started
+  pg_seed pitr "$src" "$pg_scale"
   timeout 60 "$bin" mkfs "$store" --size 16G >/dev/null
   mount_clonefs "$store" "$mnt"
   for m in on off; do
