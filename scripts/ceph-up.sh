@@ -13,13 +13,12 @@ missing=()
 for cmd in ceph-mon ceph-osd ceph rados; do
     command -v "$cmd" >/dev/null || missing+=("$cmd")
 done
-if [ ! -e /usr/include/rados/librados.h ]; then missing+=(librados-dev); fi
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "ceph-up: installing ceph-mon ceph-osd ceph-common librados-dev (missing: ${missing[*]})" >&2
+    echo "ceph-up: installing ceph-mon ceph-osd ceph-common (missing: ${missing[*]})" >&2
     export DEBIAN_FRONTEND=noninteractive
     timeout 600 apt-get update -qq >&2
     timeout 900 apt-get install -y -qq --no-install-recommends \
-        ceph-mon ceph-osd ceph-common librados-dev >&2
+        ceph-mon ceph-osd ceph-common >&2
 fi
 
 mkdir -p "$dir"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# clonefs demo: installs what is missing (fuse3; librados-dev, which the build links), builds, makes a store with defaults, mounts it,
+# clonefs demo: installs what is missing (fuse3), builds, makes a store with defaults, mounts it,
 # writes a cluster, clones it, shows both sides diverging and the status table, then unmounts.
 # Usage: scripts/demo.sh [--keep] [DIR]   (DIR: where the store and mount point go; default: a temp dir)
 # With --keep the mount stays up, with the API and web console on loopback; the console's URL is shown.
@@ -18,8 +18,6 @@ done
 
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
-# The default build links librados (stores on Ceph: rados://POOL/STORE).
-[ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
 if ((${#need[@]})); then
   echo "demo: installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every clonefs test: installs what is missing (fuse3, the tools the tests drive, and
 # chromium with chromium-driver for the console's browser test, Ceph's ceph-mon, ceph-osd,
-# ceph-common and librados-dev for the RADOS store), builds, then runs the unit, model,
+# ceph-common (with librados2) for the RADOS store), builds, then runs the unit, model,
 # crash, power-cut, real-mount, browser and Ceph tests (tests/ceph.rs starts its own
 # cluster on loopback). Run as root.
 set -euo pipefail
@@ -18,7 +18,6 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v ceph-mon >/dev/null || need+=(ceph-mon)
 command -v ceph-osd >/dev/null || need+=(ceph-osd)
 command -v rados >/dev/null || need+=(ceph-common)
-[ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -19,7 +19,6 @@
 //! - `unreachable`: a bad monitor address is an error within a bounded time.
 //!
 //! Needs root (ceph-up.sh installs the Ceph packages with apt-get when missing) and FUSE.
-#![cfg(feature = "rados")]
 
 mod common;
 

@@ -2,9 +2,14 @@
 //! device: a cluster handle, a pool's I/O context, asynchronous write completions,
 //! object locks (cls_lock) and monitor commands. Nothing more is declared.
 //!
-//! The declarations follow `/usr/include/rados/librados.h` of Ceph 16 (pacific);
-//! the library is linked as `-lrados` (Debian: librados-dev). Every `unsafe`
-//! block of the RADOS store is in this file. Invariants that make it sound:
+//! The declarations follow `/usr/include/rados/librados.h` of Ceph 16 (pacific).
+//! The library (`librados.so.2`, Debian: librados2) is not linked: it is opened
+//! with dlopen when the first cluster handle is made, so that every other command
+//! and every file-store daemon starts without loading Ceph's client (linking it
+//! cost each `clonefs` run ~15 ms and each daemon ~4 MiB). Every `unsafe` block of
+//! the RADOS store is in this file. Invariants that make it sound:
+//! - no librados function is called before [`load`] has resolved them all: the
+//!   only way to a handle is [`Rados::connect`], which loads first;
 //! - a [`Rados`] handle is connected before any [`IoCtx`] is made from it, and an
 //!   `IoCtx` holds an `Arc` of its `Rados`, so the cluster handle outlives every
 //!   context and is shut down once, when the last of them goes;
@@ -19,8 +24,73 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
 use std::path::Path;
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// The shared object opened at run time (the soname of Ceph 12 to 19).
+const LIBRARY: &str = "librados.so.2";
+
+/// Declares librados functions as fields of `Api`, resolved by name when the
+/// library is opened, and a same-named `unsafe fn` for each that calls through.
+macro_rules! librados {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        struct Api {
+            $($name: unsafe extern "C" fn($($ty),*) $(-> $ret)?,)*
+            _lib: libloading::Library,
+        }
+
+        impl Api {
+            /// SAFETY: opening librados runs its initialisers, which are sound to run
+            /// once in any process; the signatures above match librados.h.
+            unsafe fn open() -> Result<Api, libloading::Error> {
+                let lib = libloading::Library::new(LIBRARY)?;
+                Ok(Api {
+                    $($name: *lib.get::<unsafe extern "C" fn($($ty),*) $(-> $ret)?>(
+                        concat!(stringify!($name), "\0").as_bytes(),
+                    )?,)*
+                    _lib: lib,
+                })
+            }
+        }
+
+        $(
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                (api().$name)($($arg),*)
+            }
+        )*
+    };
+}
+
+static API: OnceLock<Result<Api, String>> = OnceLock::new();
+
+/// Opens librados once per process; an error says what is missing and what to install.
+pub fn load() -> io::Result<()> {
+    let open = || {
+        // SAFETY: see `Api::open`; OnceLock runs this at most once.
+        unsafe { Api::open() }.map_err(|e| match std::error::Error::source(&e) {
+            Some(why) => why.to_string(), // dlerror's text: the file and what was wrong
+            None => e.to_string(),
+        })
+    };
+    match API.get_or_init(open) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "cannot load librados, which stores on Ceph need ({e}); \
+                 install it (Debian: apt-get install librados2)"
+            ),
+        )),
+    }
+}
+
+fn api() -> &'static Api {
+    match API.get() {
+        Some(Ok(api)) => api,
+        _ => unreachable!("librados is loaded before any handle is made"),
+    }
+}
 
 #[allow(non_camel_case_types)]
 type rados_t = *mut c_void;
@@ -35,8 +105,10 @@ type rados_write_op_t = *mut c_void;
 pub const LOCK_MUST_RENEW: u8 = 2;
 const CREATE_EXCLUSIVE: c_int = 1;
 
-#[link(name = "rados")]
-extern "C" {
+// The library is opened with dlopen the first time a `rados://` store is, so a
+// build needs no Ceph headers and file stores pay nothing for it at start-up.
+librados! {
+
     fn rados_create(cluster: *mut rados_t, id: *const c_char) -> c_int;
     fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
     fn rados_conf_set(cluster: rados_t, option: *const c_char, value: *const c_char) -> c_int;
@@ -204,6 +276,7 @@ pub struct Timeouts {
 impl Rados {
     /// Reads `conf`, bounds every wait by `t`, and connects as client.admin.
     pub fn connect(conf: &Path, t: Timeouts) -> io::Result<Arc<Rados>> {
+        load()?;
         let mut h: rados_t = ptr::null_mut();
         // SAFETY: `h` is a valid out-pointer; a null id means "admin".
         check(unsafe { rados_create(&mut h, ptr::null()) })?;

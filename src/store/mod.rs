@@ -48,10 +48,8 @@
 
 pub mod addr;
 pub mod device;
-#[cfg(feature = "rados")]
 pub mod librados;
 pub mod memdev;
-#[cfg(feature = "rados")]
 pub mod rados;
 pub mod sparse;
 

@@ -437,6 +437,7 @@ fn connect(t: &RadosTarget) -> Result<Arc<IoCtx>> {
             ),
         ));
     }
+    crate::store::librados::load().map_err(|e| bad(t, e.to_string()))?;
     log::debug!(
         "connecting to the Ceph cluster of {}",
         t.ceph_conf.display()

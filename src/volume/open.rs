@@ -273,7 +273,6 @@ fn check_geometry(capacity: u64, page_size: usize) -> Result<u64> {
 }
 
 /// RADOS stores (`store::rados`), reached through [`Volume::open_store`].
-#[cfg(feature = "rados")]
 mod rados {
     use super::*;
     use crate::store::rados::{RadosDevice, RadosTarget};
@@ -319,33 +318,6 @@ mod rados {
         let vol = Volume::open_device(dev, &t.shown(), false)?;
         vol.set_store_retention(retention)?;
         vol.close()
-    }
-}
-
-#[cfg(not(feature = "rados"))]
-mod rados {
-    use super::*;
-
-    fn unsupported(pool: &str, name: &str) -> Error {
-        Error::BadStore {
-            path: format!("rados://{pool}/{name}").into(),
-            why: "this clonefs was built without RADOS support (cargo feature \"rados\")".into(),
-        }
-    }
-
-    pub fn open(pool: &str, name: &str, _: &StoreOptions, _: bool) -> Result<Arc<Volume>> {
-        Err(unsupported(pool, name))
-    }
-
-    pub fn mkfs(
-        pool: &str,
-        name: &str,
-        _: &StoreOptions,
-        _: u64,
-        _: usize,
-        _: Duration,
-    ) -> Result<()> {
-        Err(unsupported(pool, name))
     }
 }
 
