@@ -61,6 +61,13 @@ enum Cmd {
         /// RADOS: fence the store's current writer (OSD blocklist) and take it over
         #[arg(long)]
         take_over: bool,
+        /// RADOS: where the daemon keeps its local page cache (a file per store and
+        /// host, emptied at mount, removed at unmount) [default: /var/cache/clonefs]
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// RADOS: the page cache's size (K, M, G, T suffixes; 0 turns it off)
+        #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+        cache_size: u64,
         /// An existing, empty directory
         mountpoint: PathBuf,
         /// Show this cluster alone at the mount point (its files, and its .clone);
@@ -244,6 +251,8 @@ impl CephArgs {
                 ceph_conf: Some(self.ceph_conf),
                 host: self.host,
                 take_over,
+                cache: None,
+                cache_size: 0,
             },
         }
     }
@@ -291,6 +300,8 @@ fn main() -> ExitCode {
             store,
             ceph,
             take_over,
+            cache,
+            cache_size,
             mountpoint,
             cluster,
             foreground,
@@ -300,7 +311,7 @@ fn main() -> ExitCode {
             log,
             listen,
         } => cli::mount::mount(
-            &ceph.store(store, take_over),
+            &ceph.store(store, take_over).with_cache(cache, cache_size),
             &mountpoint,
             foreground,
             log,

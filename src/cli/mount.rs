@@ -27,6 +27,15 @@ pub struct StoreArgs {
     pub opts: StoreOptions,
 }
 
+impl StoreArgs {
+    /// The same store, served with a page cache of `size` bytes in `dir` (RADOS).
+    pub fn with_cache(mut self, dir: Option<PathBuf>, size: u64) -> StoreArgs {
+        self.opts.cache = dir;
+        self.opts.cache_size = size;
+        self
+    }
+}
+
 pub fn mount(
     store: &StoreArgs,
     mountpoint: &Path,
@@ -85,6 +94,8 @@ fn check_rados(args: &StoreArgs) -> Result<Served, String> {
             ceph_conf: Some(conf),
             host: Some(host),
             take_over: args.opts.take_over,
+            cache: args.opts.cache.as_deref().map(absolute).transpose()?,
+            cache_size: args.opts.cache_size,
         },
     })
 }

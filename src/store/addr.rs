@@ -26,15 +26,34 @@ pub struct StoreOptions {
     pub host: Option<String>,
     /// Fence the lease's holder first and take the store over.
     pub take_over: bool,
+    /// Where a daemon keeps its local page cache (`--cache`) [default: see `cache_dir`].
+    pub cache: Option<PathBuf>,
+    /// The page cache's size in bytes (`--cache-size`); 0 turns it off.
+    pub cache_size: u64,
 }
 
 pub const DEFAULT_CEPH_CONF: &str = "/etc/ceph/ceph.conf";
+/// Where root's daemons keep their page caches unless `--cache` says otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/clonefs";
 
 impl StoreOptions {
     pub fn ceph_conf(&self) -> PathBuf {
         self.ceph_conf
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CEPH_CONF))
+    }
+
+    /// The daemon's page cache file for `pool`/`store` as `host`: `DIR/POOL/STORE@HOST`.
+    pub fn cache_file(&self, pool: &str, store: &str, host: &str) -> PathBuf {
+        let dir = self.cache.clone().unwrap_or_else(|| {
+            let uid = nix::unistd::geteuid();
+            if uid.is_root() {
+                PathBuf::from(DEFAULT_CACHE_DIR)
+            } else {
+                std::env::temp_dir().join(format!("clonefs-{uid}-cache"))
+            }
+        });
+        dir.join(pool).join(format!("{store}@{host}"))
     }
 
     pub fn host(&self) -> String {

@@ -47,6 +47,7 @@
 //! | 24 | 8 each | runs: pages (u32), their count (u32), from page 2 to the end |
 
 pub mod addr;
+pub mod cache;
 pub mod device;
 pub mod librados;
 pub mod memdev;

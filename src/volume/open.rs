@@ -275,6 +275,7 @@ fn check_geometry(capacity: u64, page_size: usize) -> Result<u64> {
 /// RADOS stores (`store::rados`), reached through [`Volume::open_store`].
 mod rados {
     use super::*;
+    use crate::store::cache::CachedDevice;
     use crate::store::rados::{RadosDevice, RadosTarget};
 
     fn target(pool: &str, name: &str, opts: &StoreOptions, anchored: bool) -> RadosTarget {
@@ -300,6 +301,11 @@ mod rados {
         let t = target(pool, name, opts, !read_only);
         let path = t.anchor.clone().unwrap_or_else(|| t.shown());
         let dev = RadosDevice::open(&t)?;
+        if read_only || opts.cache_size == 0 {
+            return Volume::open_device(Arc::new(dev), &path, read_only);
+        }
+        let file = opts.cache_file(pool, name, &t.host);
+        let dev = CachedDevice::new(dev, &file, opts.cache_size)?;
         Volume::open_device(Arc::new(dev), &path, read_only)
     }
 
