@@ -117,6 +117,18 @@ start_osd() {
     echo $! >"$dir/osd$id.pid"
 }
 
+# mon CMD...: a monitor command, tried up to 5 times (a monitor busy with OSDs
+# booting on a loaded machine has answered EAGAIN or timed out); the last error shows.
+mon() {
+    local try out
+    for try in 1 2 3 4 5; do
+        out=$(timeout 30 ceph "$@" 2>&1) && return 0
+        sleep "$try"
+    done
+    echo "ceph-up: 'ceph $*' failed 5 times: $out" >&2
+    return 1
+}
+
 # Each OSD is registered with the uuid its mkfs gets: registered without one, an
 # OSD booting beside others was refused at times ("wrong fsid") and never came up.
 uuids=()
@@ -124,7 +136,7 @@ for ((i = 0; i < osds; i++)); do
     uuids+=("$(cat /proc/sys/kernel/random/uuid)")
     id=$(timeout 30 ceph osd create "${uuids[$i]}")
     [ "$id" = "$i" ] || { echo "ceph-up: expected osd.$i, the monitor made osd.$id" >&2; exit 1; }
-    timeout 30 ceph osd crush add "osd.$id" 1 root=default host=localhost >/dev/null 2>&1
+    mon osd crush add "osd.$id" 1 root=default host=localhost
 done
 # The OSDs format and start side by side: each mkfs is mostly waiting.
 pids=()
@@ -134,10 +146,10 @@ for ((i = 0; i < osds; i++)); do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-timeout 30 ceph osd pool create "$pool" 8 8 replicated >/dev/null 2>&1
-timeout 30 ceph osd pool set "$pool" size "$osds"
-timeout 30 ceph osd pool set "$pool" min_size $((osds > 1 ? 2 : 1)) >/dev/null 2>&1
-timeout 30 ceph osd pool application enable "$pool" clonefs >/dev/null 2>&1
+mon osd pool create "$pool" 8 8 replicated
+mon osd pool set "$pool" size "$osds"
+mon osd pool set "$pool" min_size $((osds > 1 ? 2 : 1))
+mon osd pool application enable "$pool" clonefs
 
 # Ready when every OSD is up and a write and a read of the pool go through
 # (ceph pg stat would need a ceph-mgr).

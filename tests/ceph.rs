@@ -15,12 +15,22 @@
 //! - `engine_on_rados`: the volume layer on a RADOS device in this process: random
 //!   writes (across object boundaries), clones and reopens against a reference;
 //!   and a writer whose store is taken over gets errors, not a silent write.
+//! - `power_cuts`: the power-cut test's random rounds (`tests/workload/cuts.rs`) on a
+//!   RADOS device in this process, cut after a few device writes or between two
+//!   operations; the store is taken over as another host would and must hold a state
+//!   the round may leave, every synced byte included; fsck clean.
 //! - `osd_killed`: an OSD dies under a write load: no error, every record there.
 //! - `unreachable`: a bad monitor address is an error within a bounded time.
+//!
+//! `CLONEFS_CEPH_STEPS=power_cuts,errors` runs only the scenarios named;
+//! `CLONEFS_POWERCUT_SEED` replays the power cuts, `CLONEFS_RADOS_CUT_CASES` sets
+//! their number (8).
 //!
 //! Needs root (ceph-up.sh installs the Ceph packages with apt-get when missing) and FUSE.
 
 mod common;
+mod rng;
+mod workload;
 
 use clonefs::store::rados::LEASE;
 use common::{is_mounted, run, run_for, run_ok, s, BIN};
@@ -74,6 +84,11 @@ impl Cluster {
         s(&self.conf)
     }
 
+    /// Where this test's daemons keep their page caches (`--cache`).
+    fn cache(&self) -> PathBuf {
+        self._tmp.path().join("cache")
+    }
+
     fn osd_pid(&self, id: u32) -> i32 {
         let p = std::fs::read_to_string(self.dir.join(format!("osd{id}.pid"))).unwrap();
         p.trim().parse().unwrap()
@@ -122,6 +137,7 @@ impl RMount {
     ) -> Result<RMount, String> {
         std::fs::create_dir_all(mnt).unwrap();
         let addr = format!("rados://{POOL}/{store}");
+        let cache = c.cache();
         let mut cmd = vec![
             BIN,
             "mount",
@@ -131,6 +147,10 @@ impl RMount {
             c.conf(),
             "--host",
             host,
+            "--cache",
+            s(&cache),
+            "--cache-size",
+            "64M",
         ];
         cmd.extend(extra);
         let out = run_for(90, &cmd);
@@ -320,6 +340,9 @@ fn clone_remount(c: &Cluster, work: &Path) {
     m.umount();
     fsck_clean(c, "basic");
     let m = RMount::new(c, "basic", &mnt, "h1", &[]);
+    // The page cache: a file per store and host while the daemon lives.
+    let cache = c.cache().join("clonefs/basic@h1");
+    assert!(cache.is_file(), "no page cache at {}", cache.display());
     for i in 0..20u64 {
         let len = if i == 0 {
             24 << 20
@@ -336,6 +359,19 @@ fn clone_remount(c: &Cluster, work: &Path) {
         }
     }
     m.umount();
+    assert!(!cache.exists(), "the page cache outlived its daemon");
+    // The daemon's log counts what the cache served: the store's metadata pages
+    // are read again and again, so some reads must have been local.
+    let log = std::fs::read_to_string(
+        Path::new(&std::env::var("CLONEFS_RUN_DIR").unwrap()).join("rados/clonefs/basic@h1.log"),
+    )
+    .unwrap();
+    let served: u64 = log
+        .lines()
+        .rfind(|l| l.contains("reads served locally"))
+        .and_then(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no page cache line in the log:\n{log}"));
+    assert!(served > 0, "the page cache served nothing");
 }
 
 fn errors(c: &Cluster, work: &Path) {
@@ -513,10 +549,14 @@ fn engine_on_rados(c: &Cluster) {
         gid: 0,
     };
     let addr = StoreAddr::parse("rados://clonefs/engine").unwrap();
+    // A page cache of 8 MiB, far smaller than what the rounds touch: its slots are
+    // replaced again and again under the engine.
     let opts = |host: &str, take_over: bool| StoreOptions {
         ceph_conf: Some(c.conf.clone()),
         host: Some(host.into()),
         take_over,
+        cache: Some(c.cache()),
+        cache_size: 8 << 20,
     };
     Volume::mkfs_store(&addr, &opts("e1", false), 1 << 30, 4096, Duration::ZERO).unwrap();
     let mut vol = Volume::open_store(&addr, &opts("e1", false), true).unwrap();
@@ -607,6 +647,157 @@ fn engine_on_rados(c: &Cluster) {
     new.close().unwrap();
 }
 
+/// The RADOS device of one host, whose power a round cuts: from then on every
+/// write, sync and commit is dropped without an error, and reads fail. The writes the device had
+/// gathered and not sent are lost with it; those in flight land or not.
+struct CutRados {
+    dev: clonefs::store::rados::RadosDevice,
+    /// Device writes and syncs left before the cut; negative: none scheduled.
+    left: std::sync::atomic::AtomicI64,
+    cut: AtomicBool,
+}
+
+impl CutRados {
+    fn new(dev: clonefs::store::rados::RadosDevice) -> Arc<CutRados> {
+        Arc::new(CutRados {
+            dev,
+            left: (-1).into(),
+            cut: false.into(),
+        })
+    }
+
+    /// Counts one write or sync; true when it falls after the cut.
+    fn dropped(&self) -> bool {
+        if self.cut.load(Ordering::SeqCst) {
+            return true;
+        }
+        if self.left.load(Ordering::SeqCst) >= 0 && self.left.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.cut.store(true, Ordering::SeqCst);
+        }
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+impl clonefs::store::PageDevice for CutRados {
+    fn page_size(&self) -> usize {
+        self.dev.page_size()
+    }
+    fn capacity_pages(&self) -> u64 {
+        self.dev.capacity_pages()
+    }
+    fn read(&self, page: u64, offset: usize, buf: &mut [u8]) -> clonefs::error::Result<()> {
+        // A dead host reads nothing; and a read would send the gathered writes
+        // it touches, which the cut lost.
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO).into());
+        }
+        self.dev.read(page, offset, buf)
+    }
+    fn write(&self, page: u64, offset: usize, data: &[u8]) -> clonefs::error::Result<()> {
+        match self.dropped() {
+            true => Ok(()),
+            false => self.dev.write(page, offset, data),
+        }
+    }
+    fn allocate(&self, start: u64, count: u64) -> clonefs::error::Result<()> {
+        self.dev.allocate(start, count)
+    }
+    fn free(&self, start: u64, count: u64) {
+        self.dev.free(start, count)
+    }
+    fn sync(&self) -> clonefs::error::Result<()> {
+        match self.dropped() {
+            true => Ok(()),
+            false => self.dev.sync(),
+        }
+    }
+    fn commit(&self, page: u64, bytes: &[u8]) -> clonefs::error::Result<()> {
+        match self.dropped() {
+            true => Ok(()),
+            false => self.dev.commit(page, bytes),
+        }
+    }
+    fn release(&self) -> clonefs::error::Result<()> {
+        match self.cut.load(Ordering::SeqCst) {
+            true => Ok(()),
+            false => self.dev.release(),
+        }
+    }
+}
+
+impl workload::cuts::Power for CutRados {
+    fn cut_after(&self, n: u64, _seed: u64) {
+        self.left.store(n as i64, Ordering::SeqCst);
+    }
+    fn cut_now(&self, _seed: u64) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+/// Random rounds of operations and syncs on a RADOS store, each ended by a power
+/// cut; after each, another host takes the store over and checks it.
+fn power_cuts(c: &Cluster) {
+    use clonefs::store::rados::{RadosDevice, RadosTarget};
+    use clonefs::volume::Volume;
+    use workload::cuts::{check_recovered, run_round, Stats};
+    use workload::{Rng, State, PS};
+    let seed = rng::seed_from_env("CLONEFS_POWERCUT_SEED");
+    let cases: u64 = std::env::var("CLONEFS_RADOS_CUT_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    eprintln!("power_cuts: CLONEFS_POWERCUT_SEED={seed}, {cases} cases");
+    let mut stats = Stats::default();
+    for case in 0..cases {
+        let store = format!("cut{case}");
+        let target = |host: u32| RadosTarget {
+            ceph_conf: c.conf.clone(),
+            pool: POOL.into(),
+            store: store.clone(),
+            host: format!("cut-host{host}"),
+            take_over: host > 0,
+            anchor: None,
+        };
+        let fail = |round: u32, e: String| -> ! {
+            panic!("case {case} (CLONEFS_POWERCUT_SEED={seed}), round {round}: {e}")
+        };
+        let mut rng = Rng::new(Rng::new(seed.wrapping_add(case)).next());
+        let mut dev =
+            CutRados::new(RadosDevice::create(&target(0), 16384 * PS as u64, PS).unwrap());
+        let mut v = Volume::create_on(dev.clone()).unwrap();
+        let (mut model, mut counter) = (State::default(), 0);
+        for round in 0..2 {
+            let r = run_round(
+                &v,
+                dev.as_ref(),
+                &mut model,
+                &mut rng,
+                &mut counter,
+                &mut stats,
+            )
+            .unwrap_or_else(|e| fail(round, e));
+            stats.rounds += 1;
+            drop(v);
+            // Another host: fences the cut one (its lease still lives) and opens
+            // the store at its last commit.
+            dev = CutRados::new(
+                RadosDevice::open(&target(round + 1))
+                    .unwrap_or_else(|e| fail(round, e.to_string())),
+            );
+            v = Volume::open_device(dev.clone(), Path::new("rados-cut"), false)
+                .unwrap_or_else(|e| fail(round, format!("reopening after the cut: {e}")));
+            let actual = check_recovered(&r, &v, &mut stats).unwrap_or_else(|e| fail(round, e));
+            model = State::from_actual(&actual);
+        }
+        v.close().unwrap();
+    }
+    eprintln!("power_cuts: {cases} cases, {}", stats.summary());
+    assert!(stats.exact_sync_state + stats.later_state == 2 * cases);
+}
+
 fn osd_killed(c: &Cluster, work: &Path) {
     mkfs(c, "osd");
     let mnt = work.join("osd");
@@ -694,7 +885,15 @@ fn rados_store() {
     std::env::set_var("CLONEFS_RUN_DIR", tmp.path().join("run"));
     let c = Cluster::start(tmp);
     let mut took = Vec::new();
+    // CLONEFS_CEPH_STEPS=a,b runs only those scenarios (while working on one).
+    let only = std::env::var("CLONEFS_CEPH_STEPS").ok();
     let mut step = |name: &str, f: &dyn Fn()| {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|s| s == name))
+        {
+            return;
+        }
         let t = Instant::now();
         f();
         took.push(format!("{name} {:.1} s", t.elapsed().as_secs_f64()));
@@ -712,6 +911,7 @@ fn rados_store() {
         paused_writer(&c, &work, "expire", true)
     });
     step("engine_on_rados", &|| engine_on_rados(&c));
+    step("power_cuts", &|| power_cuts(&c));
     step("osd_killed", &|| osd_killed(&c, &work));
     step("unreachable", &|| unreachable(&work));
     eprintln!("{}", took.join(", "));

@@ -45,10 +45,10 @@
 //! one case by its case seed, and `CLONEFS_POWERCUT_PARANOID` also compares the
 //! live volume with the model after every operation.
 
-use clonefs::error::{Error, Result};
+use clonefs::error::Result;
 use clonefs::store::memdev::{Image, MemDevice};
 use clonefs::store::PageDevice;
-use clonefs::volume::{ClusterId, Ino, Kind, SetAttr, Volume};
+use clonefs::volume::{Ino, Kind, SetAttr, Volume};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,232 +58,37 @@ const PAGES: u64 = 16384;
 
 mod rng;
 mod workload;
+use workload::cuts::*;
 use workload::*;
 
-/// What a sync promised.
-enum Synced {
-    /// Everything (`commit` or `fsync`).
-    All,
-    /// The data of one file (`fdatasync`): its bytes as of now.
-    Data(String, String),
-}
-
-/// A sync through `commit`, or `fsync` or `fdatasync` of a random file.
-fn sync(v: &Volume, rng: &mut Rng, m: &State) -> Result<Synced> {
-    let files: Vec<(String, String)> = m
-        .clusters
-        .iter()
-        .flat_map(|(c, cl)| cl.files.keys().map(move |p| (c.clone(), p.clone())))
-        .collect();
-    if files.is_empty() || rng.chance(30) {
-        return v.commit().map(|_| Synced::All);
+/// The in-memory device cuts its power by taking the image of what survives.
+impl Power for MemDevice {
+    fn cut_after(&self, n: u64, seed: u64) {
+        self.cut_power_after(n, seed);
     }
-    let (c, p) = rng.pick(&files).clone();
-    let (id, ino) = file_ino(v, &c, &p)?;
-    if rng.chance(50) {
-        v.fsync(id, ino).map(|_| Synced::All)
-    } else {
-        v.fdatasync(id, ino).map(|_| Synced::Data(c, p))
+
+    fn cut_now(&self, seed: u64) {
+        // Taken at the next write or sync, or by `power_cut`: either way, now.
+        self.cut_power_after(0, seed);
     }
-}
 
-#[derive(Default)]
-struct Stats {
-    rounds: u64,
-    scheduled_cuts: u64,
-    cuts_mid_op: u64,
-    exact_sync_state: u64,
-    later_state: u64,
-    bytes: u64,
-    ops: u64,
-    syncs: u64,
-    datasyncs: u64,
-    nospace: u64,
-    short_writes: u64,
-}
-
-/// One round: random operations and syncs, a power cut; returns the surviving
-/// image, the model at the last sync that returned with the power on, and the
-/// operations issued since.
-struct Round {
-    image: Image,
-    synced: State,
-    since: Vec<Op>,
-    datasyncs: Vec<DataSync>,
-}
-
-fn run_round(
-    v: &Volume,
-    mem: &MemDevice,
-    model: &mut State,
-    rng: &mut Rng,
-    counter: &mut u32,
-    stats: &mut Stats,
-) -> std::result::Result<Round, String> {
-    let nops = 10 + rng.below(90);
-    let cut_at = rng.below(nops + 1);
-    let scheduled = rng.chance(60);
-    let cut_seed = rng.next();
-    let mut synced = model.clone();
-    let mut since = Vec::new();
-    let mut datasyncs = Vec::new();
-    let mut handles = Vec::new();
-    let mut image = None;
-    for i in 0..nops {
-        if i == cut_at {
-            if scheduled {
-                stats.scheduled_cuts += 1;
-                mem.cut_power_after(rng.below(48), cut_seed);
-            } else {
-                image = Some(mem.power_cut(cut_seed));
-                break;
-            }
-        }
-        if rng.chance(12) {
-            stats.syncs += 1;
-            let r = guarded(|| sync(v, rng, model));
-            if mem.power_is_cut() {
-                break;
-            }
-            match r
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(|e| format!("sync failed with the power on: {e}"))?
-            {
-                Synced::All => {
-                    synced = model.clone();
-                    since.clear();
-                    datasyncs.clear();
-                }
-                Synced::Data(c, p) => {
-                    stats.datasyncs += 1;
-                    let fid = model.clusters[&c].files[&p];
-                    datasyncs.push(DataSync {
-                        fid,
-                        at: since.len(),
-                        bytes: model.files[&fid].clone(),
-                    });
-                }
-            }
-        } else {
-            if rng.chance(6) {
-                // Open a file or close a handle: unlinking an open file leaves an
-                // orphan, which its last release or (after a cut) the mount frees.
-                let r = guarded(|| handle(v, rng, model, &mut handles));
-                if mem.power_is_cut() {
-                    break;
-                }
-                r.and_then(|r| r.map_err(|e| e.to_string()))
-                    .map_err(|e| format!("open/release with the power on: {e}"))?;
-                continue;
-            }
-            let mut op = random_op(rng, model, counter);
-            stats.ops += 1;
-            let r = guarded(|| exec(v, &op));
-            if std::env::var("CLONEFS_POWERCUT_PARANOID").is_ok() {
-                println!("op {op:?} -> {r:?}");
-            }
-            if let (Ok(Ok(n)), Op::Write { len, .. }) = (&r, &mut op) {
-                if *n < *len {
-                    stats.short_writes += 1;
-                    *len = *n;
-                }
-            }
-            if mem.power_is_cut() {
-                model.apply(&op);
-                since.push(op);
-                stats.cuts_mid_op += 1;
-                break;
-            }
-            match r.map_err(|e| format!("{op:?} panicked with the power on: {e}"))? {
-                Ok(_) => {
-                    model.apply(&op);
-                    since.push(op.clone());
-                }
-                Err(Error::NoSpace) => {
-                    // Decided before anything changed: the volume is as before.
-                    stats.nospace += 1;
-                    let a = read_actual(v)?;
-                    check(model, &[], &a)
-                        .map_err(|e| format!("{op:?} failed with NoSpace but changed: {e}"))?;
-                    continue;
-                }
-                Err(e) => return Err(format!("{op:?} failed with the power on: {e}")),
-            }
-            if std::env::var("CLONEFS_POWERCUT_PARANOID").is_ok() {
-                let a = read_actual(v)?;
-                check(model, &[], &a).map_err(|e| format!("live after {op:?}: {e}"))?;
-            }
-        }
-    }
-    let image = image.unwrap_or_else(|| mem.power_cut(cut_seed));
-    Ok(Round {
-        image,
-        synced,
-        since,
-        datasyncs,
-    })
-}
-
-/// Opens a random file (keeping the handle) or releases a random handle.
-fn handle(v: &Volume, rng: &mut Rng, m: &State, handles: &mut Vec<(ClusterId, Ino)>) -> Result<()> {
-    if !handles.is_empty() && rng.chance(50) {
-        let (c, ino) = handles.swap_remove(rng.below(handles.len() as u64) as usize);
-        return v.release_file(c, ino);
-    }
-    let files: Vec<(&String, &String)> = m
-        .clusters
-        .iter()
-        .flat_map(|(c, cl)| cl.files.keys().map(move |p| (c, p)))
-        .collect();
-    if files.is_empty() {
-        return Ok(());
-    }
-    let (c, p) = *rng.pick(&files);
-    let (c, ino) = file_ino(v, c, p)?;
-    v.open_file(c, ino)?;
-    handles.push((c, ino));
-    Ok(())
-}
-
-/// Runs `f`, turning a panic into an error. Once the power is cut the device drops
-/// writes, so the live process may read pages it never wrote: what it does then
-/// does not matter (a real process would be dead), but with the power on a panic
-/// is a failure like any other.
-fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => Ok(r),
-        Err(p) => Err(format!(
-            "panic: {}",
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        )),
+    fn is_cut(&self) -> bool {
+        self.power_is_cut()
     }
 }
 
 /// Opens the image, checks it against the round, runs fsck; returns the volume,
 /// its device and what it holds.
 fn recover(
+    image: Image,
     round: &Round,
     pages: u64,
     stats: &mut Stats,
 ) -> std::result::Result<(Arc<Volume>, Arc<MemDevice>, Actual), String> {
-    let mem = Arc::new(MemDevice::from_image(PS, pages, round.image.clone()));
+    let mem = Arc::new(MemDevice::from_image(PS, pages, image));
     let v = Volume::open_device(mem.clone(), Path::new("powercut-image"), false)
         .map_err(|e| format!("reopening after the cut: {e}"))?;
-    let actual = read_actual(&v)?;
-    let k = check_states(&round.synced, &round.since, &round.datasyncs, &actual, None)?;
-    if k == 0 {
-        stats.exact_sync_state += 1;
-    } else {
-        stats.later_state += 1;
-    }
-    stats.bytes += actual.bytes();
-    let r = v.fsck().map_err(|e| format!("fsck: {e}"))?;
-    if !r.is_clean() {
-        return Err(format!("fsck after the cut:\n{r}"));
-    }
+    let actual = check_recovered(round, &v, stats)?;
     Ok((v, mem, actual))
 }
 
@@ -294,15 +99,16 @@ fn run_case(seed: u64, pages: u64, stats: &mut Stats) -> std::result::Result<(),
     let mut model = State::default();
     let mut counter = 0;
     for round in 0..2 {
-        let r = run_round(&v, &mem, &mut model, &mut rng, &mut counter, stats)
+        let r = run_round(&v, mem.as_ref(), &mut model, &mut rng, &mut counter, stats)
             .map_err(|e| format!("round {round}: {e}"))?;
         drop(v);
+        let image = mem.power_cut(r.cut_seed);
         if std::env::var("CLONEFS_POWERCUT_PARANOID").is_ok() {
             println!("round {round} cut; {} ops since the sync", r.since.len());
         }
         stats.rounds += 1;
         let (v2, mem2, actual) =
-            recover(&r, pages, stats).map_err(|e| format!("round {round}: {e}"))?;
+            recover(image, &r, pages, stats).map_err(|e| format!("round {round}: {e}"))?;
         model = State::from_actual(&actual);
         v = v2;
         mem = mem2;
@@ -333,24 +139,7 @@ fn run_cases(name: &str, pages: u64, default_cases: u64) {
             panic!("case {i} (CLONEFS_POWERCUT_SEED={seed}, case seed {case_seed}) failed:\n{e}");
         }
     }
-    println!(
-        "{cases} cases, {} power cuts ({} scheduled by device writes, {} observed in an \
-         operation), {} ops ({} refused with NoSpace, {} short writes), {} syncs ({} \
-         fdatasync); the recovered state was the synced one {} times, only a later one {} \
-         times; {} bytes verified; {:.1?}",
-        stats.rounds,
-        stats.scheduled_cuts,
-        stats.cuts_mid_op,
-        stats.ops,
-        stats.nospace,
-        stats.short_writes,
-        stats.syncs,
-        stats.datasyncs,
-        stats.exact_sync_state,
-        stats.later_state,
-        stats.bytes,
-        t.elapsed()
-    );
+    println!("{cases} cases, {}; {:.1?}", stats.summary(), t.elapsed());
 }
 
 #[test]
@@ -493,12 +282,12 @@ fn catch_commit(seed: u64, tap: Tap, stats: &mut Stats) -> std::result::Result<(
         ));
     }
     let round = Round {
-        image,
         synced: synced.clone(),
         since: since.clone(),
         datasyncs: Vec::new(),
+        cut_seed: 0,
     };
-    let (v, _, actual) = recover(&round, PAGES, stats)?;
+    let (v, _, actual) = recover(image, &round, PAGES, stats)?;
     drop(v);
     // No background commit came between the sync and the caught commit: the
     // recovered state is exactly the synced one (data included, up to in-place
@@ -508,12 +297,12 @@ fn catch_commit(seed: u64, tap: Tap, stats: &mut Stats) -> std::result::Result<(
             .map_err(|e| format!("not the synced state: {e}"))?;
     }
     let done = Round {
-        image: after,
         synced: model,
         since: Vec::new(),
         datasyncs: Vec::new(),
+        cut_seed: 0,
     };
-    recover(&done, PAGES, stats).map_err(|e| format!("after the commit completed: {e}"))?;
+    recover(after, &done, PAGES, stats).map_err(|e| format!("after the commit completed: {e}"))?;
     Ok(())
 }
 

@@ -20,6 +20,8 @@ pub const WHO: NewInode = NewInode {
 
 pub use crate::rng::Rng;
 
+pub mod cuts;
+
 /// The bytes a write with `seed` writes.
 pub fn gen_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut r = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
