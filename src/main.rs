@@ -238,6 +238,12 @@ struct CephArgs {
     /// The Ceph cluster's configuration file
     #[arg(long, value_name = "FILE", default_value = clonefs::store::addr::DEFAULT_CEPH_CONF)]
     ceph_conf: PathBuf,
+    /// The Ceph user to connect as (client.NAME) [default: admin]
+    #[arg(long, value_name = "NAME")]
+    ceph_user: Option<String>,
+    /// The keyring with that user's key [default: the 'keyring' setting of --ceph-conf]
+    #[arg(long, value_name = "FILE")]
+    ceph_keyring: Option<PathBuf>,
     /// This writer's name in the store's lease, shown to anyone refused [default: the host name]
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
@@ -249,6 +255,8 @@ impl CephArgs {
             addr,
             opts: StoreOptions {
                 ceph_conf: Some(self.ceph_conf),
+                ceph_user: self.ceph_user,
+                ceph_keyring: self.ceph_keyring,
                 host: self.host,
                 take_over,
                 cache: None,

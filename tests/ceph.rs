@@ -19,6 +19,8 @@
 //!   RADOS device in this process, cut after a few device writes or between two
 //!   operations; the store is taken over as another host would and must hold a state
 //!   the round may leave, every synced byte included; fsck clean.
+//! - `monitor_restarted`: the monitor stops and starts again under an fsync load: no
+//!   error, every record there.
 //! - `osd_killed`: an OSD dies under a write load: no error, every record there.
 //! - `unreachable`: a bad monitor address is an error within a bounded time.
 //!
@@ -87,6 +89,41 @@ impl Cluster {
     /// Where this test's daemons keep their page caches (`--cache`).
     fn cache(&self) -> PathBuf {
         self._tmp.path().join("cache")
+    }
+
+    /// Stops the monitor (SIGTERM, by the PID ceph-up.sh recorded) and starts it
+    /// again as ceph-up.sh does; its new PID goes where ceph-down.sh looks.
+    fn restart_monitor(&self) -> Duration {
+        let pid_file = self.dir.join("mon.pid");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t = Instant::now();
+        // SAFETY: kill has no memory effects; the pid is this cluster's monitor.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        wait_gone(pid);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log/mon.out"))
+            .unwrap();
+        let child = std::process::Command::new("setsid")
+            .args(["ceph-mon", "-f", "--id", "a", "-c", self.conf()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", "/root")
+            .env("CEPH_CONF", &self.conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        let out = run_for(60, &["ceph", "-c", self.conf(), "osd", "stat"]);
+        assert!(out.status.success(), "the monitor did not come back");
+        t.elapsed()
     }
 
     fn osd_pid(&self, id: u32) -> i32 {
@@ -400,6 +437,54 @@ fn errors(c: &Cluster, work: &Path) {
         &[BIN, "mkfs", "rados://clonefs/a/b", "--ceph-conf", conf],
         "rados://POOL/STORE",
     );
+    // Credentials: a configuration without a monitor, one that asks for cephx with
+    // no keyring, one with a key of a cluster that offers no cephx; another user.
+    let text = std::fs::read_to_string(conf).unwrap();
+    let variant = |name: &str, text: String| {
+        let p = work.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let nomon = variant(
+        "nomon.conf",
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with("mon host"))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    );
+    let cephx = variant(
+        "cephx.conf",
+        text.replace(
+            "auth client required = none",
+            "auth client required = cephx",
+        ),
+    );
+    assert_ne!(std::fs::read_to_string(&cephx).unwrap(), text);
+    let keyring = work.join("client.keyring");
+    run_ok(&[
+        "ceph-authtool",
+        "--create-keyring",
+        s(&keyring),
+        "--gen-key",
+        "-n",
+        "client.admin",
+    ]);
+    fn fsck<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut cmd = vec![BIN, "fsck", "rados://clonefs/basic"];
+        cmd.extend(extra);
+        cmd
+    }
+    fails(&fsck(&["--ceph-conf", s(&nomon)]), "names no monitor");
+    fails(
+        &fsck(&["--ceph-conf", s(&cephx)]),
+        "no key for client.admin",
+    );
+    fails(
+        &fsck(&["--ceph-conf", s(&cephx), "--ceph-keyring", s(&keyring)]),
+        "share no way to authenticate",
+    );
+    let out = run_ok(&fsck(&["--ceph-conf", conf, "--ceph-user", "someone"]));
+    assert!(out.contains("clean"), "{out}");
     let mnt = work.join("missing");
     std::fs::create_dir_all(&mnt).unwrap();
     let err = RMount::try_new(c, "nothing", &mnt, "h1", &[])
@@ -555,6 +640,8 @@ fn engine_on_rados(c: &Cluster) {
         ceph_conf: Some(c.conf.clone()),
         host: Some(host.into()),
         take_over,
+        ceph_user: None,
+        ceph_keyring: None,
         cache: Some(c.cache()),
         cache_size: 8 << 20,
     };
@@ -755,6 +842,8 @@ fn power_cuts(c: &Cluster) {
         let store = format!("cut{case}");
         let target = |host: u32| RadosTarget {
             ceph_conf: c.conf.clone(),
+            ceph_user: None,
+            ceph_keyring: None,
             pool: POOL.into(),
             store: store.clone(),
             host: format!("cut-host{host}"),
@@ -796,6 +885,31 @@ fn power_cuts(c: &Cluster) {
     }
     eprintln!("power_cuts: {cases} cases, {}", stats.summary());
     assert!(stats.exact_sync_state + stats.later_state == 2 * cases);
+}
+
+/// The monitor restarts under an fsync load: no error, every record there.
+fn monitor_restarted(c: &Cluster, work: &Path) {
+    mkfs(c, "mon");
+    let mnt = work.join("mon");
+    let m = RMount::new(c, "mon", &mnt, "h1", &[]);
+    std::fs::create_dir(mnt.join("db")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = record_writer(mnt.join("db/log"), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let took = c.restart_monitor();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, err) = w.join().unwrap();
+    assert!(err.is_none(), "the writer saw an error: {err:?}");
+    eprintln!(
+        "{acked} records through a monitor restart ({:.1} s until it answered)",
+        took.as_secs_f64()
+    );
+    m.umount();
+    fsck_clean(c, "mon");
+    let m = RMount::new(c, "mon", &mnt, "h1", &[]);
+    check_records(&mnt.join("db/log"), acked);
+    m.umount();
 }
 
 fn osd_killed(c: &Cluster, work: &Path) {
@@ -912,6 +1026,7 @@ fn rados_store() {
     });
     step("engine_on_rados", &|| engine_on_rados(&c));
     step("power_cuts", &|| power_cuts(&c));
+    step("monitor_restarted", &|| monitor_restarted(&c, &work));
     step("osd_killed", &|| osd_killed(&c, &work));
     step("unreachable", &|| unreachable(&work));
     eprintln!("{}", took.join(", "));

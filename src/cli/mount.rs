@@ -92,6 +92,13 @@ fn check_rados(args: &StoreArgs) -> Result<Served, String> {
         addr: args.addr.clone(),
         opts: StoreOptions {
             ceph_conf: Some(conf),
+            ceph_user: args.opts.ceph_user.clone(),
+            ceph_keyring: args
+                .opts
+                .ceph_keyring
+                .as_deref()
+                .map(absolute)
+                .transpose()?,
             host: Some(host),
             take_over: args.opts.take_over,
             cache: args.opts.cache.as_deref().map(absolute).transpose()?,

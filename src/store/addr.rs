@@ -22,6 +22,10 @@ pub enum StoreAddr {
 pub struct StoreOptions {
     /// The cluster's ceph.conf [default: /etc/ceph/ceph.conf].
     pub ceph_conf: Option<PathBuf>,
+    /// The Ceph user the client connects as (`client.USER`) [default: admin].
+    pub ceph_user: Option<String>,
+    /// The keyring holding that user's key [default: the configuration's `keyring`].
+    pub ceph_keyring: Option<PathBuf>,
     /// This writer's name in the lease [default: the host name].
     pub host: Option<String>,
     /// Fence the lease's holder first and take the store over.

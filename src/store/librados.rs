@@ -255,6 +255,27 @@ fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
 
+/// Who connects, and what the configuration said, when a connect fails: enough
+/// for the caller to say which of them was wrong.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub err: io::Error,
+    /// `mon_host` as configured (empty: the configuration names no monitor).
+    pub mon_host: String,
+    /// `auth_client_required` as configured (`cephx`, `none`, or both).
+    pub auth: String,
+    /// `keyring` as configured: where the client looked for its key.
+    pub keyring: String,
+}
+
+/// Who a client is: `client.USER` (None: `client.admin`), and its keyring file
+/// (None: the configuration's `keyring` setting).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Credentials<'a> {
+    pub user: Option<&'a str>,
+    pub keyring: Option<&'a Path>,
+}
+
 /// A connected cluster handle.
 pub struct Rados {
     h: rados_t,
@@ -274,16 +295,41 @@ pub struct Timeouts {
 }
 
 impl Rados {
-    /// Reads `conf`, bounds every wait by `t`, and connects as client.admin.
-    pub fn connect(conf: &Path, t: Timeouts) -> io::Result<Arc<Rados>> {
-        load()?;
+    /// Reads `conf`, bounds every wait by `t`, and connects as `who`.
+    pub fn connect(conf: &Path, who: Credentials, t: Timeouts) -> Result<Arc<Rados>, ConnectError> {
+        let bare = |err| ConnectError {
+            err,
+            mon_host: String::new(),
+            auth: String::new(),
+            keyring: String::new(),
+        };
+        load().map_err(bare)?;
+        let r = Self::configure(conf, who, t).map_err(bare)?;
+        // SAFETY: configured handle; connect blocks at most client_mount_timeout.
+        match check(unsafe { rados_connect(r.h) }) {
+            Ok(_) => Ok(Arc::new(r)),
+            Err(err) => Err(ConnectError {
+                err,
+                mon_host: r.conf("mon_host"),
+                auth: r.conf("auth_client_required"),
+                keyring: r.conf("keyring"),
+            }),
+        }
+    }
+
+    fn configure(conf: &Path, who: Credentials, t: Timeouts) -> io::Result<Rados> {
+        let id = who.user.map(cstr).transpose()?;
         let mut h: rados_t = ptr::null_mut();
-        // SAFETY: `h` is a valid out-pointer; a null id means "admin".
-        check(unsafe { rados_create(&mut h, ptr::null()) })?;
+        // SAFETY: `h` is a valid out-pointer; a null id means "admin"; `id` lives
+        // across the call.
+        check(unsafe { rados_create(&mut h, id.as_ref().map_or(ptr::null(), |i| i.as_ptr())) })?;
         let r = Rados { h };
         let path = cstr(&conf.to_string_lossy())?;
         // SAFETY: `r.h` was created above; `path` lives across the call.
         check(unsafe { rados_conf_read_file(r.h, path.as_ptr()) })?;
+        if let Some(k) = who.keyring {
+            r.set("keyring", &k.to_string_lossy())?;
+        }
         for (k, v) in [
             ("client_mount_timeout", t.mount),
             ("rados_mon_op_timeout", t.mon_op),
@@ -297,9 +343,7 @@ impl Rados {
         r.set("log_to_stderr", "false")?;
         r.set("err_to_stderr", "false")?;
         r.set("admin_socket", "")?;
-        // SAFETY: configured handle; connect blocks at most client_mount_timeout.
-        check(unsafe { rados_connect(r.h) })?;
-        Ok(Arc::new(r))
+        Ok(r)
     }
 
     fn set(&self, key: &str, value: &str) -> io::Result<()> {

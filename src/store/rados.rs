@@ -33,7 +33,9 @@
 //! whose last renewal is older than the lease, refuses every write with EIO.
 
 use super::device::PageDevice;
-use super::librados::{self, IoCtx, Locker, Rados, Timeouts, LOCK_MUST_RENEW};
+use super::librados::{
+    self, ConnectError, Credentials, IoCtx, Locker, Rados, Timeouts, LOCK_MUST_RENEW,
+};
 use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::io;
@@ -68,6 +70,9 @@ pub const TIMEOUTS: Timeouts = Timeouts {
 #[derive(Clone, Debug)]
 pub struct RadosTarget {
     pub ceph_conf: PathBuf,
+    /// The Ceph user (`client.USER`; None: admin) and its keyring (None: the conf's).
+    pub ceph_user: Option<String>,
+    pub ceph_keyring: Option<PathBuf>,
     pub pool: String,
     pub store: String,
     /// This writer's name in the lease (`--host`).
@@ -427,6 +432,45 @@ fn why(e: &io::Error) -> String {
     }
 }
 
+/// Why a connect failed, in the user's terms: no monitor named, no key, a key
+/// refused, or a cluster that did not answer.
+fn connect_failed(t: &RadosTarget, e: &ConnectError) -> String {
+    let conf = t.ceph_conf.display();
+    let user = format!("client.{}", t.ceph_user.as_deref().unwrap_or("admin"));
+    let errno = e.err.raw_os_error();
+    if e.mon_host.trim().is_empty() {
+        return format!("{conf} names no monitor: set 'mon host' there ({})", e.err);
+    }
+    match errno {
+        Some(libc::ENOENT) if e.auth.contains("cephx") => format!(
+            "no key for {user}: the keyring ({}) is missing or holds no key for that user, \
+             and the configuration asks for cephx; pass --ceph-keyring FILE or --ceph-user NAME",
+            if e.keyring.is_empty() {
+                "none set"
+            } else {
+                &e.keyring
+            }
+        ),
+        Some(libc::EOPNOTSUPP) => format!(
+            "the Ceph cluster of {conf} and this client share no way to authenticate: the \
+             configuration asks for '{}' ('auth client required'), the cluster offers another",
+            e.auth
+        ),
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "the Ceph cluster of {conf} refused {user}: a wrong key, or a user the cluster \
+             does not know; check --ceph-user and the keyring ({})",
+            e.keyring
+        ),
+        _ => format!(
+            "cannot reach the Ceph cluster of {conf} within {} s: {}; check that its \
+             monitors run and that 'mon host' there ({}) is right",
+            TIMEOUTS.mount.as_secs(),
+            why(&e.err),
+            e.mon_host
+        ),
+    }
+}
+
 fn connect(t: &RadosTarget) -> Result<Arc<IoCtx>> {
     if !t.ceph_conf.is_file() {
         return Err(bad(
@@ -442,18 +486,12 @@ fn connect(t: &RadosTarget) -> Result<Arc<IoCtx>> {
         "connecting to the Ceph cluster of {}",
         t.ceph_conf.display()
     );
-    let cluster = Rados::connect(&t.ceph_conf, TIMEOUTS).map_err(|e| {
-        bad(
-            t,
-            format!(
-                "cannot reach the Ceph cluster of {} within {} s: {}; check that its \
-                 monitors run and that 'mon host' there is right",
-                t.ceph_conf.display(),
-                TIMEOUTS.mount.as_secs(),
-                why(&e)
-            ),
-        )
-    })?;
+    let who = Credentials {
+        user: t.ceph_user.as_deref(),
+        keyring: t.ceph_keyring.as_deref(),
+    };
+    let cluster =
+        Rados::connect(&t.ceph_conf, who, TIMEOUTS).map_err(|e| bad(t, connect_failed(t, &e)))?;
     match cluster.pool(&t.pool) {
         Ok(io) => Ok(Arc::new(io)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(bad(

@@ -282,6 +282,8 @@ mod rados {
         let host = opts.host();
         RadosTarget {
             ceph_conf: opts.ceph_conf(),
+            ceph_user: opts.ceph_user.clone(),
+            ceph_keyring: opts.ceph_keyring.clone(),
             pool: pool.into(),
             store: name.into(),
             anchor: anchored.then(|| crate::store::addr::anchor_path(pool, name, &host)),
