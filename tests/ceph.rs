@@ -52,6 +52,8 @@ const POOL: &str = "clonefs";
 struct Cluster {
     dir: PathBuf,
     conf: PathBuf,
+    /// The monitor, once `restart_monitor` started it again.
+    monitor: std::sync::Mutex<Option<std::process::Child>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -69,6 +71,7 @@ impl Cluster {
         let cluster = Cluster {
             dir: dir.clone(),
             conf: conf.clone().unwrap_or_default(),
+            monitor: Default::default(),
             _tmp: tmp,
         };
         assert!(
@@ -121,6 +124,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        *self.monitor.lock().unwrap() = Some(child);
         let out = run_for(60, &["ceph", "-c", self.conf(), "osd", "stat"]);
         assert!(out.status.success(), "the monitor did not come back");
         t.elapsed()
@@ -153,6 +157,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         run_for(120, &[&format!("{SCRIPTS}/ceph-down.sh"), s(&self.dir)]);
+        // A monitor this test restarted is its child: reaped once ceph-down.sh stopped it.
+        if let Some(mut mon) = self.monitor.lock().unwrap().take() {
+            let _ = mon.wait();
+        }
     }
 }
 
