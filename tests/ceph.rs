@@ -19,6 +19,8 @@
 //!   RADOS device in this process, cut after a few device writes or between two
 //!   operations; the store is taken over as another host would and must hold a state
 //!   the round may leave, every synced byte included; fsck clean.
+//! - `trim`: deleting a file gives its space in Ceph back (BlueStore's stored bytes
+//!   drop); what is written there again reads back; fsck clean.
 //! - `monitor_restarted`: the monitor stops and starts again under an fsync load: no
 //!   error, every record there.
 //! - `osd_killed`: an OSD dies under a write load: no error, every record there.
@@ -136,6 +138,27 @@ impl Cluster {
     }
 
     /// The bytes of every object of `store`, by name.
+    /// Bytes BlueStore holds for objects, over the three OSDs (each has a copy).
+    fn stored(&self) -> u64 {
+        (0..3)
+            .map(|id| {
+                let osd = format!("osd.{id}");
+                let cmd = [
+                    "ceph",
+                    "-c",
+                    self.conf(),
+                    "tell",
+                    &osd,
+                    "perf",
+                    "dump",
+                    "bluestore",
+                ];
+                let dump: serde_json::Value = serde_json::from_str(&run_ok(&cmd)).unwrap();
+                dump["bluestore"]["bluestore_stored"].as_u64().unwrap()
+            })
+            .sum()
+    }
+
     fn objects(&self, store: &str) -> Vec<(String, Vec<u8>)> {
         let ls = run_ok(&["rados", "-c", self.conf(), "-p", POOL, "ls"]);
         let mut names: Vec<&str> = ls
@@ -895,6 +918,66 @@ fn power_cuts(c: &Cluster) {
     assert!(stats.exact_sync_state + stats.later_state == 2 * cases);
 }
 
+/// Deleting a file gives its space in Ceph back (whole objects removed, the rest
+/// zeroed), and what is written there again reads back right.
+fn trim(c: &Cluster, work: &Path) {
+    // No restore points, which would keep the deleted file's pages.
+    let addr = format!("rados://{POOL}/trim");
+    let conf = c.conf();
+    run_ok(&[
+        BIN,
+        "mkfs",
+        &addr,
+        "--ceph-conf",
+        conf,
+        "--size",
+        "1G",
+        "--retention",
+        "0",
+    ]);
+    let mnt = work.join("trim");
+    let m = RMount::new(c, "trim", &mnt, "h1", &[]);
+    std::fs::create_dir(mnt.join("prod")).unwrap();
+    let big = pattern(7, 40 << 20);
+    let mut f = std::fs::File::create(mnt.join("prod/big")).unwrap();
+    f.write_all(&big).unwrap();
+    f.sync_all().unwrap();
+    drop(f); // an open file's pages live until it is closed
+    std::fs::write(mnt.join("prod/small"), b"stays").unwrap();
+    let with = c.stored();
+    std::fs::remove_file(mnt.join("prod/big")).unwrap();
+    // The pages are freed once the commit that drops them is durable (2 s).
+    let want = 3 * (36 << 20); // three copies of 36 of the 40 MiB at least
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut without = with;
+    while Instant::now() < deadline && without + want > with {
+        std::thread::sleep(Duration::from_secs(1));
+        without = c.stored();
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "trim: the OSDs stored {:.1} MiB with a 40 MiB file, {:.1} MiB after deleting it",
+        mib(with),
+        mib(without)
+    );
+    assert!(
+        without + want <= with,
+        "deleting 40 MiB gave back {:.1} MiB of 3 copies",
+        mib(with.saturating_sub(without))
+    );
+    m.umount();
+    fsck_clean(c, "trim");
+    let m = RMount::new(c, "trim", &mnt, "h1", &[]);
+    assert_eq!(std::fs::read(mnt.join("prod/small")).unwrap(), b"stays");
+    // Written again after the trims, the freed pages read back right.
+    std::fs::write(mnt.join("prod/again"), &big[..20 << 20]).unwrap();
+    m.umount();
+    let m = RMount::new(c, "trim", &mnt, "h1", &[]);
+    assert!(std::fs::read(mnt.join("prod/again")).unwrap() == big[..20 << 20]);
+    m.umount();
+    fsck_clean(c, "trim");
+}
+
 /// The monitor restarts under an fsync load: no error, every record there.
 fn monitor_restarted(c: &Cluster, work: &Path) {
     mkfs(c, "mon");
@@ -1034,6 +1117,7 @@ fn rados_store() {
     });
     step("engine_on_rados", &|| engine_on_rados(&c));
     step("power_cuts", &|| power_cuts(&c));
+    step("trim", &|| trim(&c, &work));
     step("monitor_restarted", &|| monitor_restarted(&c, &work));
     step("osd_killed", &|| osd_killed(&c, &work));
     step("unreachable", &|| unreachable(&work));

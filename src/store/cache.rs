@@ -281,7 +281,30 @@ impl<D: PageDevice> PageDevice for CachedDevice<D> {
     }
 
     fn free(&self, start: u64, count: u64) {
-        self.inner.free(start, count)
+        self.inner.free(start, count);
+        // The device below may read these pages as zeros now (RADOS removes whole
+        // objects): their slots go, by page or, for a range past the cache's
+        // size, by slot.
+        let freed = start..start.saturating_add(count);
+        let drop_if_freed = |slot: usize| {
+            let tag = self.tags[slot].load(Ordering::Relaxed);
+            if tag != EMPTY && freed.contains(&(tag - 1)) {
+                self.tags[slot].store(EMPTY, Ordering::Relaxed);
+            }
+        };
+        if count >= self.slots {
+            for slot in 0..self.slots {
+                let _stripe = self.stripes[(slot % STRIPES as u64) as usize]
+                    .lock()
+                    .unwrap();
+                drop_if_freed(slot as usize);
+            }
+        } else {
+            for p in freed.clone() {
+                let _stripe = self.stripe(p);
+                drop_if_freed(self.slot(p) as usize);
+            }
+        }
     }
 
     fn sync(&self) -> Result<()> {
@@ -417,6 +440,22 @@ mod tests {
             &[7, 7, 7, 7, 7, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 7, 7, 7, 7, 7]
         );
         assert_eq!(dev.stats().hits, 2);
+    }
+
+    #[test]
+    fn freed_pages_leave_the_cache() {
+        let (_dir, dev) = cached(256, 32);
+        for p in [3, 40, 100] {
+            dev.write(p, 0, &[p as u8; PS]).unwrap();
+        }
+        let mut buf = vec![0u8; PS];
+        // A small range by page, a large one (past the cache's 32 slots) by slot.
+        dev.free(3, 1);
+        dev.free(90, 100);
+        for p in [3, 40, 100] {
+            dev.read(p, 0, &mut buf).unwrap();
+        }
+        assert_eq!(dev.stats(), CacheStats { hits: 1, misses: 2 });
     }
 
     #[test]

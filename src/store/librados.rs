@@ -179,6 +179,7 @@ librados! {
         len: usize,
         off: u64,
     ) -> c_int;
+    fn rados_aio_remove(io: rados_ioctx_t, oid: *const c_char, c: rados_completion_t) -> c_int;
     fn rados_aio_wait_for_complete(c: rados_completion_t) -> c_int;
     fn rados_aio_is_complete(c: rados_completion_t) -> c_int;
     fn rados_aio_get_return_value(c: rados_completion_t) -> c_int;
@@ -187,6 +188,15 @@ librados! {
     fn rados_create_write_op() -> rados_write_op_t;
     fn rados_release_write_op(op: rados_write_op_t);
     fn rados_write_op_create(op: rados_write_op_t, exclusive: c_int, category: *const c_char);
+    fn rados_write_op_zero(op: rados_write_op_t, offset: u64, len: u64);
+    fn rados_aio_write_op_operate(
+        op: rados_write_op_t,
+        io: rados_ioctx_t,
+        c: rados_completion_t,
+        oid: *const c_char,
+        mtime: *mut i64,
+        flags: c_int,
+    ) -> c_int;
     fn rados_write_op_setxattr(
         op: rados_write_op_t,
         name: *const c_char,
@@ -486,12 +496,7 @@ impl IoCtx {
 
     /// Starts a write of `data` at `off`; the completion says when and how it ended.
     pub fn aio_write(&self, oid: &CStr, data: &[u8], off: u64) -> io::Result<Completion> {
-        let mut c: rados_completion_t = ptr::null_mut();
-        // SAFETY: no callbacks; `c` is a valid out-pointer.
-        check(unsafe {
-            rados_aio_create_completion(ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), &mut c)
-        })?;
-        let c = Completion(c);
+        let c = Completion::new()?;
         // SAFETY: `data` is copied by librados before the call returns (module doc).
         check(unsafe {
             rados_aio_write(
@@ -503,6 +508,34 @@ impl IoCtx {
                 off,
             )
         })?;
+        Ok(c)
+    }
+
+    /// Starts removing the object `oid`; the completion says when and how it ended
+    /// (ENOENT if there was none).
+    pub fn aio_remove(&self, oid: &CStr) -> io::Result<Completion> {
+        let c = Completion::new()?;
+        // SAFETY: valid context, name and completion.
+        check(unsafe { rados_aio_remove(self.h, oid.as_ptr(), c.0) })?;
+        Ok(c)
+    }
+
+    /// Starts zeroing `len` bytes of `oid` at `off` (the OSD frees their space).
+    pub fn aio_zero(&self, oid: &CStr, off: u64, len: u64) -> io::Result<Completion> {
+        let c = Completion::new()?;
+        // SAFETY: a new op, released right after operate, which moves its
+        // operations into the request it sends (Objecter::prepare_mutate_op).
+        let rc = unsafe {
+            let op = rados_create_write_op();
+            if op.is_null() {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            rados_write_op_zero(op, off, len);
+            let rc = rados_aio_write_op_operate(op, self.h, c.0, oid.as_ptr(), ptr::null_mut(), 0);
+            rados_release_write_op(op);
+            rc
+        };
+        check(rc)?;
         Ok(c)
     }
 
@@ -707,6 +740,15 @@ pub struct Completion(rados_completion_t);
 unsafe impl Send for Completion {}
 
 impl Completion {
+    fn new() -> io::Result<Completion> {
+        let mut c: rados_completion_t = ptr::null_mut();
+        // SAFETY: no callbacks; `c` is a valid out-pointer.
+        check(unsafe {
+            rados_aio_create_completion(ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), &mut c)
+        })?;
+        Ok(Completion(c))
+    }
+
     pub fn is_complete(&self) -> bool {
         // SAFETY: a live completion.
         unsafe { rados_aio_is_complete(self.0) != 0 }

@@ -351,7 +351,45 @@ impl PageDevice for RadosDevice {
         Ok(())
     }
 
-    fn free(&self, _start: u64, _count: u64) {}
+    /// Gives the freed pages' space back to Ceph, as RBD's discard does: objects
+    /// they cover whole are removed, the rest zeroed (BlueStore frees zeroed
+    /// extents). Object 0 (the superblocks) is only ever zeroed. The pages are
+    /// unreachable from every committed tree, so nothing reads them, and a later
+    /// write to one comes after this in RADOS's per-object order. Not waited for:
+    /// a trim that fails leaves only space behind.
+    fn free(&self, start: u64, count: u64) {
+        let ps = self.page_size as u64;
+        let Some(pieces) = start
+            .checked_mul(ps)
+            .zip(usize::try_from(count * ps).ok())
+            .map(|(at, len)| split(at, len))
+        else {
+            return;
+        };
+        log::debug!("trimming pages {start}+{count}");
+        let mut p = self.pending.lock().unwrap();
+        let touched = p.run.as_ref().is_some_and(|r| {
+            pieces
+                .iter()
+                .any(|&(obj, off, _, n)| r.overlaps(obj, off, n))
+        });
+        // Its freed bytes, sent first, go with the trim rather than after it.
+        if touched && self.send_run(&mut p).is_err() {
+            return;
+        }
+        for (obj, off, _, n) in pieces {
+            let oid = object_name(&self.store, obj);
+            let started = if obj > 0 && off == 0 && n as u64 == OBJECT_SIZE {
+                self.io.aio_remove(&oid)
+            } else {
+                self.io.aio_zero(&oid, off, n as u64)
+            };
+            if let Err(e) = started {
+                log::debug!("trimming object {obj} failed: {}", why(&e));
+                return;
+            }
+        }
+    }
 
     fn sync(&self) -> Result<()> {
         self.send_run(&mut self.pending.lock().unwrap())?;
