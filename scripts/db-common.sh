@@ -37,9 +37,14 @@ require_tools() {
   [ -e /dev/fuse ] || fail "/dev/fuse is missing"
 }
 
-# build_clonefs: cargo build --release in the checkout ($root).
-# Sets bin, the clonefs binary.
+# build_clonefs: cargo build --release in the checkout ($root), unless DB_CLONEFS names the clonefs binary to use
+# (tests/ceph.rs passes the one cargo built for it). Sets bin, the clonefs binary.
 build_clonefs() {
+  if [ -n "${DB_CLONEFS:-}" ]; then
+    bin=$DB_CLONEFS
+    [ -x "$bin" ] || fail "DB_CLONEFS=$bin is not an executable"
+    return 0
+  fi
   say "building clonefs (cargo build --release)"
   timeout 900 cargo build --release -q
   bin=$root/target/release/clonefs
