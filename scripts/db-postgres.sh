@@ -70,7 +70,10 @@ status "after the clone"
 # ---- 3. a server on the clone, and PostgreSQL's own checks ------------------------------------
 say "3. starting a server on the clone (crash recovery), then pg_amcheck --all"
 timeout 30 rm -f "$mnt/test/pgdata/postmaster.pid"
+t=$(now_us)
 start_server test "$mnt/test/pgdata" "$((port_prod + 1))"
+recovery_us=$(($(now_us) - t))
+echo "the server on the clone accepts connections $(ms "$recovery_us") ms after its start (crash recovery included)"
 grep -E 'redo (starts|done)|database system was (not properly shut down|interrupted)' "$dir/server-test.log" || true
 timeout 600 pg_amcheck -h "$sock" -p "$port_test" -U postgres --all --install-missing --heapallindexed ||
   fail "pg_amcheck on the clone found problems"
@@ -124,5 +127,6 @@ servers=()
 unmount_and_fsck
 
 summary "load (pgbench -i -s $scale):   $load_rate rows/s ($load_rows rows in $((load_us / 1000)) ms)" \
-  "prod under pgbench -c 4:       $tps_before tps before the clone, $tps_during tps in the clone's second, $tps_after tps after" \
+  "prod under pgbench -c 4:       $tps_before tps before the clone, $tps_during tps in the clone's second, $tps_after tps after
+server on the clone:           ready in $(ms "$recovery_us") ms (start and crash recovery)" \
   "test after prod's deletion:    $tps_test tps, pg_amcheck clean"
