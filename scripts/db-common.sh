@@ -9,6 +9,10 @@ servers=()     # PIDs of the servers we started; cleanup stops each with the scr
 clients=()     # PIDs of background clients (the write load, the ledger loop); cleanup sends each SIGTERM
 more_mounts=() # further mounts of the store (single-cluster mounts); cleanup unmounts each before $mnt
 client_grace=0 # half-seconds cleanup then waits for each client to exit (0: it does not wait)
+store_addr=    # rados://POOL/STORE (store_options: --store or DB_STORE), or empty: a store file in the scratch dir
+store_opts=()  # what mkfs, mount and fsck of the store take besides its address (--ceph-conf FILE for RADOS)
+store_daemon=  # the PID of the RADOS store's clonefs daemon once mounted (from its .clonefs-status)
+made_store=0   # 1 once this run's mkfs made the RADOS store: its objects are removed at the end, and only then
 
 # say TEXT / fail TEXT: a section heading on stdout / a failure on stderr, then exit 1.
 # now_us: the time in microseconds since the epoch; ms US: microseconds as milliseconds, 3 decimals.
@@ -16,6 +20,30 @@ say() { printf '\n== %s: %s\n' "$me" "$*"; }
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 now_us() { echo "${EPOCHREALTIME/./}"; }
 ms() { echo "$(($1 / 1000)).$(printf %03d $(($1 % 1000)))"; }
+
+# store_options ARG...: the script's command line: [--store rados://POOL/STORE [--ceph-conf FILE]] puts the store in a
+# Ceph pool instead of a file in the scratch dir (DB_STORE and DB_CEPH_CONF or CEPH_CONF do the same); the store must
+# not exist: the script makes it and removes its objects at the end. Sets store_addr, ceph_conf and store_opts.
+store_options() {
+  local usage="usage: scripts/$me.sh [--store rados://POOL/STORE [--ceph-conf FILE]]"
+  store_addr=${DB_STORE:-}
+  ceph_conf=${DB_CEPH_CONF:-${CEPH_CONF:-/etc/ceph/ceph.conf}}
+  while (($#)); do
+    case $1 in
+      --store) (($# > 1)) || fail "$usage"; store_addr=$2; shift 2 ;;
+      --store=*) store_addr=${1#*=}; shift ;;
+      --ceph-conf) (($# > 1)) || fail "$usage"; ceph_conf=$2; shift 2 ;;
+      --ceph-conf=*) ceph_conf=${1#*=}; shift ;;
+      -h | --help) echo "$usage"; exit 0 ;;
+      *) fail "unknown argument '$1'; $usage" ;;
+    esac
+  done
+  [ -n "$store_addr" ] || return 0
+  [[ $store_addr =~ ^rados://[^/]+/[^/]+$ ]] || fail "--store takes rados://POOL/STORE, not '$store_addr'"
+  [ -r "$ceph_conf" ] || fail "no Ceph configuration at $ceph_conf (--ceph-conf FILE)"
+  ceph_conf=$(realpath "$ceph_conf") # the script cd's into its scratch dir
+  store_opts=(--ceph-conf "$ceph_conf")
+}
 
 # install_pkgs PKG...: apt-get install, with an update first only if that fails
 # (Debian and Ubuntu; each apt-get call has its own time limit).
@@ -26,10 +54,11 @@ install_pkgs() {
     { timeout 600 apt-get update -qq && timeout 900 apt-get install -y -qq "$@" >/dev/null; }
 }
 
-# require_tools [CMD=PKG...]: installs in one call the packages of the missing commands among CMD..., jq and
-# fusermount3 (fuse3), then fails if /dev/fuse is missing.
+# require_tools [CMD=PKG...]: installs in one call the packages of the missing commands among CMD..., jq,
+# fusermount3 (fuse3) and, for a RADOS store, rados (ceph-common, which brings librados), then fails if /dev/fuse is missing.
 require_tools() {
   local need=() c
+  [ -z "$store_addr" ] || set -- "$@" rados=ceph-common
   for c in "$@" jq=jq fusermount3=fuse3; do
     command -v "${c%%=*}" >/dev/null || need+=("${c#*=}")
   done
@@ -37,21 +66,28 @@ require_tools() {
   [ -e /dev/fuse ] || fail "/dev/fuse is missing"
 }
 
-# build_clonefs: cargo build --release in the checkout ($root).
-# Sets bin, the clonefs binary.
+# build_clonefs: cargo build --release in the checkout ($root), unless DB_CLONEFS names the clonefs binary to use
+# (tests/ceph.rs passes the one cargo built for it). Sets bin, the clonefs binary.
 build_clonefs() {
+  if [ -n "${DB_CLONEFS:-}" ]; then
+    bin=$DB_CLONEFS
+    [ -x "$bin" ] || fail "DB_CLONEFS=$bin is not an executable"
+    return 0
+  fi
   say "building clonefs (cargo build --release)"
   timeout 900 cargo build --release -q
   bin=$root/target/release/clonefs
   [ -x "$bin" ] || fail "no $bin after the build"
 }
 
-# make_scratch: a temp dir ($dir) holding the mount point ($mnt), the store ($store) and every log; sets $stop,
+# make_scratch: a temp dir ($dir) holding the mount point ($mnt), the store ($store, unless it is $store_addr on
+# RADOS: then the daemon's anchor, lock and socket, unless CLONEFS_RUN_DIR says where) and every log; sets $stop,
 # the file whose existence ends the client loops; installs the cleanup traps and cd's into $dir.
 make_scratch() {
   dir=$(mktemp -d -t "clonefs-$me.XXXXXX")
   mnt=$dir/mnt
-  store=$dir/store.clonefs
+  store=${store_addr:-$dir/store.clonefs}
+  [ -z "$store_addr" ] || export CLONEFS_RUN_DIR=${CLONEFS_RUN_DIR:-$dir/run}
   stop=$dir/stop
   mkdir -p "$mnt"
   trap cleanup EXIT
@@ -61,7 +97,8 @@ make_scratch() {
 }
 
 # cleanup (the EXIT trap): ends the clients and stops the servers we started (by PID), unmounts (clonefs umount,
-# then fusermount3 -uz), shows each log's tail on failure, and removes $dir unless still mounted or DB_KEEP=1.
+# then fusermount3 -uz), removes the RADOS store this run made (unless DB_KEEP=1), shows each log's tail on failure,
+# and removes $dir unless still mounted or DB_KEEP=1.
 cleanup() {
   local rc=$? p i f
   set +e
@@ -77,6 +114,13 @@ cleanup() {
   done
   if grep -q " $mnt " /proc/mounts; then
     timeout 120 "$bin" umount "$mnt" || timeout 20 fusermount3 -uz "$mnt"
+  fi
+  if ((made_store)); then
+    if [ "${DB_KEEP:-0}" = 1 ]; then
+      echo "$me: DB_KEEP=1: leaving the store $store_addr" >&2
+    else
+      remove_rados_store || echo "$me: could not remove the store $store_addr; see above" >&2
+    fi
   fi
   if [ "$rc" != 0 ]; then
     echo "$me: failed (exit $rc); the last lines of each log:" >&2
@@ -94,22 +138,85 @@ cleanup() {
   exit "$rc"
 }
 
-# mount_store: makes an 8 GiB store, mounts it on $mnt (logging to $dir/clonefs.log), and makes
-# cluster prod.
+# mount_store: makes an 8 GiB store (a file, or $store_addr on RADOS: see mkfs_rados), mounts it on $mnt (logging
+# to $dir/clonefs.log), and makes cluster prod.
 mount_store() {
   say "store $store, mount $mnt"
-  timeout 60 "$bin" mkfs "$store" --size 8G
-  timeout 60 "$bin" mount "$store" "$mnt" --allow-other --log "$dir/clonefs.log"
+  if [ -n "$store_addr" ]; then
+    mkfs_rados
+  else
+    timeout 60 "$bin" mkfs "$store" --size 8G
+  fi
+  timeout 120 "$bin" mount "$store" "$mnt" "${store_opts[@]}" --allow-other --log "$dir/clonefs.log"
   grep -q " $mnt " /proc/mounts || fail "clonefs mount returned but $mnt is not mounted"
+  if [ -n "$store_addr" ]; then
+    store_daemon=$(timeout 30 jq -r .pid "$mnt/.clonefs-status")
+    [[ $store_daemon =~ ^[0-9]+$ ]] || fail "no daemon pid in $mnt/.clonefs-status"
+  fi
   timeout 30 mkdir "$mnt/prod"
 }
 
+# mkfs_rados: clonefs mkfs of $store_addr; refused if a store of that name exists, since this run removes at its end
+# the store it made and must never remove one it did not make. Sets made_store.
+mkfs_rados() {
+  local out
+  if ! out=$(timeout 120 "$bin" mkfs "$store" "${store_opts[@]}" --size 8G 2>&1); then
+    [[ $out == *"exists already"* ]] || fail "clonefs mkfs $store failed: $out"
+    fail "$store exists already; this script makes its own store and removes it at its end, so it takes a name" \
+      "no store has (--store rados://$(rados_pool)/OTHER-NAME), or remove that store's objects first:" \
+      "rados -c $ceph_conf -p $(rados_pool) ls | grep '^$(rados_name)\.' | xargs -r rados -c $ceph_conf -p $(rados_pool) rm"
+  fi
+  made_store=1
+  echo "$out"
+}
+
+# rados_pool, rados_name: the POOL and the STORE of $store_addr (rados://POOL/STORE).
+rados_pool() { local a=${store_addr#rados://}; echo "${a%%/*}"; }
+rados_name() { echo "${store_addr##*/}"; }
+
+# rados_objects: the names of the objects of $store_addr in its pool (STORE. and 16 hex digits), one a line.
+rados_objects() {
+  local name
+  name=$(rados_name)
+  timeout 120 rados -c "$ceph_conf" -p "$(rados_pool)" ls |
+    awk -v p="$name." 'index($0, p) == 1 && substr($0, length(p) + 1) ~ /^[0-9a-f]{16}$/'
+}
+
+# remove_rados_store: once the store's daemon (which unmounting ends) is gone, removes every object of the RADOS store
+# this run made, then checks that none is left; a daemon still serving it after 30 s gets SIGKILL first (it is ours:
+# its command line names the store and our ceph.conf). Returns 1, leaving the store, if it is still mounted.
+remove_rados_store() {
+  local i objs left
+  ((made_store)) || return 0
+  if grep -q " $mnt " /proc/mounts; then
+    echo "$me: $mnt is still mounted; leaving the store $store_addr" >&2
+    return 1
+  fi
+  if [ -n "$store_daemon" ]; then
+    for ((i = 0; i < 60; i++)); do kill -0 "$store_daemon" 2>/dev/null || break; sleep 0.5; done
+    if { tr '\0' ' ' <"/proc/$store_daemon/cmdline"; } 2>/dev/null | grep -qF -- "$store_addr $mnt --ceph-conf $ceph_conf"; then
+      echo "$me: the daemon of $store_addr (pid $store_daemon) is still running after its unmount; killing it" >&2
+      kill -KILL "$store_daemon" 2>/dev/null
+      for ((i = 0; i < 20; i++)); do kill -0 "$store_daemon" 2>/dev/null || break; sleep 0.5; done
+    fi
+  fi
+  objs=$(rados_objects) || return 1
+  if [ -n "$objs" ]; then
+    xargs -r timeout 300 rados -c "$ceph_conf" -p "$(rados_pool)" rm <<<"$objs" || return 1
+  fi
+  left=$(rados_objects) || return 1
+  [ -z "$left" ] || { echo "$me: objects of $store_addr left in its pool: $left" >&2; return 1; }
+  echo "removed the store $store_addr: its $(grep -c . <<<"$objs") objects are gone from pool $(rados_pool)"
+  made_store=0
+}
+
 # unmount_and_fsck: clonefs umount (after the script stopped its servers), then clonefs fsck of the
-# store, which must be clean.
+# store, which must be clean; a RADOS store is then removed (remove_rados_store).
 unmount_and_fsck() {
   timeout 120 "$bin" umount "$mnt" || fail "clonefs umount failed"
-  timeout 300 "$bin" fsck "$store" >"$dir/fsck.log" 2>&1 || fail "fsck: $(cat "$dir/fsck.log")"
+  timeout 300 "$bin" fsck "$store" "${store_opts[@]}" >"$dir/fsck.log" 2>&1 || fail "fsck: $(cat "$dir/fsck.log")"
   echo "fsck: clean"
+  [ -z "$store_addr" ] || remove_rados_store || fail "could not remove the store $store_addr"
 }
 
 # status WHEN: clonefs status of the mount under a heading; unique_bytes CLUSTER: its unique bytes
@@ -261,10 +368,11 @@ test_kept() {
   status "after prod's deletion"
 }
 
-# summary LOAD PROD TEST: the summary: the script's lines on the load, on prod under write load and on test after
-# prod's deletion, around the shared lines on the clone, the ledger and the space; then PASS.
+# summary LOAD PROD TEST: the summary: a RADOS store's address, the script's lines on the load, on prod under write
+# load and on test after prod's deletion, around the shared lines on the clone, the ledger and the space; then PASS.
 summary() {
   say "summary"
+  [ -z "$store_addr" ] || echo "store:                         $store_addr on Ceph ($ceph_conf), removed after fsck"
   cat <<EOF
 $1
 $2
@@ -277,8 +385,12 @@ EOF
 }
 
 # postgres_on_mount: make_scratch, a socket dir ($sock) the servers (user postgres) can use, the mount, and a
-# PostgreSQL data directory initialised on cluster prod ($mnt/prod/pgdata); start_server serves it.
+# PostgreSQL data directory initialised on cluster prod ($mnt/prod/pgdata); start_server serves it. On a RADOS store
+# initdb skips its final fsync of each of its ~1,000 files (over a minute on a loopback Ceph cluster): the store
+# commits every 2 s anyway, a clone holds every completed write, synced or not, and nothing here crashes the host.
 postgres_on_mount() {
+  local t no_sync=()
+  [ -z "$store_addr" ] || no_sync=(--no-sync)
   make_scratch
   chmod 755 "$dir" # the servers run as postgres and must reach the mount below it
   sock=$dir/sock
@@ -288,10 +400,12 @@ postgres_on_mount() {
   timeout 30 mkdir "$mnt/prod/pgdata"
   timeout 30 chown postgres: "$mnt/prod/pgdata"
   timeout 30 chmod 700 "$mnt/prod/pgdata"
-  say "initdb on the mount"
-  timeout 300 setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
-    fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
+  say "initdb ${no_sync[*]:+${no_sync[*]} }on the mount"
+  t=$(now_us)
+  timeout 600 setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    initdb -D "$mnt/prod/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions "${no_sync[@]}" \
+    >"$dir/initdb.log" 2>&1 || fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
+  echo "initdb: $(ms $(($(now_us) - t))) ms"
 }
 
 # Installs PostgreSQL (server, pgbench, pg_amcheck) if missing, puts its binaries first
