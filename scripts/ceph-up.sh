@@ -117,12 +117,17 @@ start_osd() {
     echo $! >"$dir/osd$id.pid"
 }
 
-# mon CMD...: a monitor command, tried up to 5 times (a monitor busy with OSDs
-# booting on a loaded machine has answered EAGAIN or timed out); the last error shows.
+# mon CMD...: a monitor command, tried up to 5 times, its output on stdout (a
+# monitor just started, or busy with OSDs booting on a loaded machine, has answered
+# "EPERM: problem getting command descriptions", EAGAIN, or nothing in time); the
+# last error shows. The commands used here are idempotent.
 mon() {
     local try out
     for try in 1 2 3 4 5; do
-        out=$(timeout 30 ceph "$@" 2>&1) && return 0
+        if out=$(timeout 30 ceph "$@" 2>&1); then
+            printf '%s\n' "$out"
+            return 0
+        fi
         sleep "$try"
     done
     echo "ceph-up: 'ceph $*' failed 5 times: $out" >&2
@@ -134,9 +139,9 @@ mon() {
 uuids=()
 for ((i = 0; i < osds; i++)); do
     uuids+=("$(cat /proc/sys/kernel/random/uuid)")
-    id=$(timeout 30 ceph osd create "${uuids[$i]}")
+    id=$(mon osd create "${uuids[$i]}" | tail -n 1)
     [ "$id" = "$i" ] || { echo "ceph-up: expected osd.$i, the monitor made osd.$id" >&2; exit 1; }
-    mon osd crush add "osd.$id" 1 root=default host=localhost
+    mon osd crush add "osd.$id" 1 root=default host=localhost >&2
 done
 # The OSDs format and start side by side: each mkfs is mostly waiting.
 pids=()
@@ -146,10 +151,10 @@ for ((i = 0; i < osds; i++)); do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-mon osd pool create "$pool" 8 8 replicated
-mon osd pool set "$pool" size "$osds"
-mon osd pool set "$pool" min_size $((osds > 1 ? 2 : 1))
-mon osd pool application enable "$pool" clonefs
+mon osd pool create "$pool" 8 8 replicated >&2
+mon osd pool set "$pool" size "$osds" >&2
+mon osd pool set "$pool" min_size $((osds > 1 ? 2 : 1)) >&2
+mon osd pool application enable "$pool" clonefs >&2
 
 # Ready when every OSD is up and a write and a read of the pool go through
 # (ceph pg stat would need a ceph-mgr).
