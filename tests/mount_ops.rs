@@ -371,12 +371,17 @@ fn removexattr(p: &Path, name: &str) -> i64 {
 /// `f` runs after fork in a copy of a multithreaded process: it must only make
 /// system calls on data prepared beforehand (no allocation, no locks).
 fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> i32) -> i32 {
+    as_user_in(uid, gid, &[], f)
+}
+
+/// As [`as_user`], with supplementary groups `groups`.
+fn as_user_in(uid: u32, gid: u32, groups: &[u32], f: impl FnOnce() -> i32) -> i32 {
     // SAFETY: the child makes only async-signal-safe calls and leaves with _exit.
     unsafe {
         let pid = libc::fork();
         assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
         if pid == 0 {
-            let code = if libc::setgroups(0, std::ptr::null()) != 0 {
+            let code = if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                 201
             } else if libc::setgid(gid) != 0 {
                 202
@@ -2589,6 +2594,145 @@ fn permissions_as_another_user_match_a_local_file_system() {
     assert_eq!(fs::read(m.path("nc/perm/ro")).unwrap(), b"r");
 }
 
+/// Who drops setuid and setgid, and when: with FUSE_HANDLE_KILLPRIV_V2 the kernel
+/// leaves it to the file system. Setup as root, each change as root or as nobody;
+/// the transcript holds the modes after each change.
+fn suid_sgid_scenario(d: &Path, log: &mut Log) {
+    let p = |s: &str| d.join(s);
+    // A root file, a file of nobody's, a root directory; chmod after chown, which
+    // would drop the bits.
+    let make = |s: &str, owner: u32, mo: u32| {
+        if mo & libc::S_IFDIR != 0 {
+            fs::create_dir(p(s)).unwrap();
+        } else {
+            fs::write(p(s), b"0123456789").unwrap();
+        }
+        std::os::unix::fs::chown(p(s), Some(owner), Some(owner)).unwrap();
+        fs::set_permissions(p(s), fs::Permissions::from_mode(mo & 0o7777)).unwrap();
+    };
+    make("w_nobody", 0, 0o6777);
+    make("w_nobody_gnox", 0, 0o6767);
+    make("w_member_gnox", 0, 0o6767);
+    std::os::unix::fs::chown(p("w_member_gnox"), None, Some(4242)).unwrap();
+    fs::set_permissions(p("w_member_gnox"), fs::Permissions::from_mode(0o6767)).unwrap();
+    make("w_root", 0, 0o6777);
+    make("t_owner", NOBODY, 0o6775);
+    make("t_owner_gnox", NOBODY, 0o6765);
+    make("t_nobody_gnox", 0, 0o6767);
+    make("t_root", 0, 0o6777);
+    make("otrunc_nobody", 0, 0o6777);
+    make("chown_root", 0, 0o6755);
+    make("chown_root_gnox", 0, 0o6745);
+    make("chown_root_dir", 0, libc::S_IFDIR | 0o6755);
+    // nobody's file in a group nobody is not in.
+    make("chgrp_nobody_gnox", NOBODY, 0o6745);
+    std::os::unix::fs::chown(p("chgrp_nobody_gnox"), None, Some(4242)).unwrap();
+    fs::set_permissions(p("chgrp_nobody_gnox"), fs::Permissions::from_mode(0o2745)).unwrap();
+    let c = |s: &str| cstr(&p(s));
+    let (w_nobody, w_gnox, w_root) = (c("w_nobody"), c("w_nobody_gnox"), c("w_root"));
+    let (t_owner, t_gnox, t_root) = (c("t_owner"), c("t_owner_gnox"), c("t_root"));
+    let (w_member, t_nobody, chgrp) = (
+        c("w_member_gnox"),
+        c("t_nobody_gnox"),
+        c("chgrp_nobody_gnox"),
+    );
+    let otrunc = c("otrunc_nobody");
+    // SAFETY (each closure): system calls on prepared strings and buffers, in a
+    // forked child or the test's own thread.
+    let write1 = |f: &CString| unsafe {
+        let fd = libc::open(f.as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            return rc(fd);
+        }
+        let r = rc(libc::pwrite(fd, b"y".as_ptr().cast(), 1, 3) as i32);
+        libc::close(fd);
+        r
+    };
+    let truncate = |f: &CString| unsafe { rc(libc::truncate(f.as_ptr(), 4)) };
+    let me = |f: &dyn Fn() -> i32| as_user(NOBODY, NOBODY, f);
+    let perm = |s: &str| fs::symlink_metadata(p(s)).unwrap().mode() & 0o7777;
+
+    log.val("write by nobody", me(&|| write1(&w_nobody)));
+    log.val("write by nobody, g-x", me(&|| write1(&w_gnox)));
+    log.val(
+        "write by nobody in group 4242, g-x",
+        as_user_in(NOBODY, NOBODY, &[4242], || write1(&w_member)),
+    );
+    log.val("write by root", write1(&w_root));
+    log.val("truncate by owner nobody", me(&|| truncate(&t_owner)));
+    log.val("truncate by owner nobody, g-x", me(&|| truncate(&t_gnox)));
+    log.val("truncate by nobody, g-x", me(&|| truncate(&t_nobody)));
+    log.val("truncate by root", truncate(&t_root));
+    log.val(
+        "chgrp by owner nobody out of the file's group",
+        // SAFETY: as above.
+        me(&|| unsafe { rc(libc::chown(chgrp.as_ptr(), u32::MAX, NOBODY)) }),
+    );
+    log.val(
+        "O_TRUNC by nobody",
+        me(&|| try_open(&otrunc, libc::O_WRONLY | libc::O_TRUNC)),
+    );
+    for s in ["chown_root", "chown_root_gnox", "chown_root_dir"] {
+        log.io(s, std::os::unix::fs::chown(p(s), Some(1234), Some(5678)));
+    }
+    for s in [
+        "w_nobody",
+        "w_nobody_gnox",
+        "w_member_gnox",
+        "w_root",
+        "t_owner",
+        "t_owner_gnox",
+        "t_nobody_gnox",
+        "t_root",
+        "otrunc_nobody",
+        "chown_root",
+        "chown_root_gnox",
+        "chown_root_dir",
+        "chgrp_nobody_gnox",
+    ] {
+        log.val(&format!("{s} mode"), format!("{:o}", perm(s)));
+    }
+    log.val("w_nobody content", fs::read(p("w_nobody")).unwrap());
+    log.val("t_owner size", fs::metadata(p("t_owner")).unwrap().len());
+}
+
+fn setuid_and_setgid_drop_as_on_a_local_file_system_on(opts: &[&str]) {
+    let opts: Vec<&str> = opts.iter().copied().chain(["--allow-other"]).collect();
+    let Some(m) = mount_with(&opts) else { return };
+    // The temporary directory holding the mount point is 0700.
+    fs::set_permissions(m.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let log = compare(&m, "c", "suid", suid_sgid_scenario);
+    for (step, want) in [
+        ("write by nobody", "0"),
+        ("write by root", "0"),
+        ("truncate by owner nobody", "0"),
+        ("O_TRUNC by nobody", "0"),
+        // A write or truncate by a caller without CAP_FSETID drops setuid, and
+        // setgid with group execute.
+        ("w_nobody mode", "\"777\""),
+        ("t_owner mode", "\"775\""),
+        ("otrunc_nobody mode", "\"777\""),
+        // Setgid without group execute stays when the caller is in the file's
+        // group (Linux 6.2 on), its own or a supplementary one.
+        ("t_owner_gnox mode", "\"2765\""),
+        ("w_member_gnox mode", "\"2767\""),
+        ("w_nobody_gnox mode", "\"767\""),
+        ("t_nobody_gnox mode", "\"767\""),
+        // Root (CAP_FSETID) keeps both.
+        ("w_root mode", "\"6777\""),
+        ("t_root mode", "\"6777\""),
+        // chown drops setuid even as root, setgid only with group execute; a
+        // directory keeps both.
+        ("chown_root mode", "\"755\""),
+        ("chown_root_gnox mode", "\"2745\""),
+        ("chown_root_dir mode", "\"6755\""),
+        ("chgrp_nobody_gnox mode", "\"745\""),
+        ("t_owner size", "4"),
+    ] {
+        assert_eq!(log.get(step), want, "{step}");
+    }
+}
+
 #[test]
 fn without_allow_other_other_users_are_shut_out() {
     let Some(m) = mount_with(&[]) else { return };
@@ -2816,6 +2960,7 @@ on_both_mounts! {
     concurrent_operations_in_one_directory_and_one_file_on: concurrent_operations_in_one_directory_and_one_file, concurrent_operations_in_one_directory_and_one_file_with_writeback_cache, concurrent_operations_in_one_directory_and_one_file_on_a_cluster_mount;
     shared_writable_mmap_reaches_the_file_and_clones_on: shared_writable_mmap_reaches_the_file_and_clones, shared_writable_mmap_reaches_the_file_and_clones_with_writeback_cache, shared_writable_mmap_reaches_the_file_and_clones_on_a_cluster_mount;
     clones_are_right_through_the_kernel_caches_on: clones_are_right_through_the_kernel_caches, clones_are_right_through_the_kernel_caches_with_writeback_cache, clones_are_right_through_the_kernel_caches_on_a_cluster_mount;
+    setuid_and_setgid_drop_as_on_a_local_file_system_on: setuid_and_setgid_drop_as_on_a_local_file_system, setuid_and_setgid_drop_with_writeback_cache, setuid_and_setgid_drop_as_on_a_local_file_system_on_a_cluster_mount;
 }
 
 /// Comparisons the writeback cache leaves alone: on a store mount and with cluster

@@ -161,6 +161,27 @@ impl CloneFs {
     }
 }
 
+/// Whether the process that sent `req` is in group `gid`: its file-system gid, or
+/// one of the supplementary groups on the `Groups:` line of `/proc/PID/status`
+/// (the kernel sends the thread's id, whose status shows the thread's
+/// credentials). A process that is gone, or one in another pid namespace (pid 0),
+/// counts as outside the group: a setgid bit then drops, which grants nothing.
+pub(super) fn in_group(req: &Request, gid: u32) -> bool {
+    gid == req.gid()
+        || std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+            .is_ok_and(|status| supplementary_groups(&status).any(|g| g == gid))
+}
+
+/// The groups on the `Groups:` line of a `/proc/PID/status`.
+fn supplementary_groups(status: &str) -> impl Iterator<Item = u32> + '_ {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+}
+
 /// Replies to a size-0 xattr probe with the length, else with the bytes if they fit.
 pub(super) fn reply_xattr(data: &[u8], size: u32, reply: fuser::ReplyXattr) {
     if size == 0 {
@@ -204,5 +225,17 @@ mod tests {
         let f = rename_flags(fuser::RenameFlags::from_bits_retain(2)).unwrap();
         assert!(!f.noreplace && f.exchange);
         assert!(rename_flags(fuser::RenameFlags::from_bits_retain(4)).is_none());
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_status_line() {
+        let status = "Name:\tcat\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n\
+                      FDSize:\t64\nGroups:\t4 27 4242 \nNStgid:\t7\n";
+        assert_eq!(
+            supplementary_groups(status).collect::<Vec<_>>(),
+            [4, 27, 4242]
+        );
+        assert_eq!(supplementary_groups("Groups:\t\n").count(), 0);
+        assert_eq!(supplementary_groups("Name:\tx\n").count(), 0);
     }
 }

@@ -51,8 +51,10 @@ pub use sessions::{Live, MountError, Sessions};
 
 use crate::error::Error;
 use crate::status::StatusDoc;
-use crate::volume::{ClusterId, SetAttr, Volume, Whence, Writer};
-use attr::{errno, kind_from_mode, rename_flags, reply_xattr, set_time, xattr_mode, xattr_name};
+use crate::volume::{Caller, ClusterId, SetAttr, Volume, Whence, Writer};
+use attr::{
+    errno, in_group, kind_from_mode, rename_flags, reply_xattr, set_time, xattr_mode, xattr_name,
+};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
@@ -273,6 +275,7 @@ impl Filesystem for CloneFs {
         let Node::File(c, i) = n else {
             return reply.error(self.refuse("setattr", n, libc::EPERM, "a virtual node"));
         };
+        let member = |g| in_group(req, g);
         let sa = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -281,9 +284,13 @@ impl Filesystem for CloneFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             ctime,
-            // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us; root
-            // stands for CAP_FSETID.
-            kill_suidgid: size.is_some() && req.uid() != 0,
+            // With FUSE_HANDLE_KILLPRIV_V2 the volume drops setuid and setgid on a
+            // truncate or chown. The kernel's FATTR_KILL_SUIDGID (no CAP_FSETID)
+            // does not reach us through fuser: root stands for CAP_FSETID.
+            caller: Caller {
+                fsetid: req.uid() == 0,
+                in_group: &member,
+            },
         };
         match self.vol.setattr(c, i, &sa) {
             Ok(a) => reply.attr(&self.attr_ttl(n), &self.file_attr(n, &a)),
@@ -580,7 +587,7 @@ impl Filesystem for CloneFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -594,8 +601,12 @@ impl Filesystem for CloneFs {
         debug!("write {} {} at {offset}", Node::File(c, i), data.len());
         // FUSE_HANDLE_KILLPRIV_V2: the kernel flags every write by a caller without
         // CAP_FSETID, whatever the file's mode; the volume drops the bits it finds.
+        let member = |g| in_group(req, g);
         let who = Writer {
-            drop_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            caller: Caller {
+                fsetid: !write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+                in_group: &member,
+            },
             from_cache: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
         };
         match self.vol.write_as(c, i, offset, data, who) {

@@ -267,17 +267,78 @@ impl Inode {
         }
     }
 
-    /// Drops setuid, and setgid where group-executable (setgid without group
-    /// execute marks mandatory locking and stays), as Linux does on a write or
-    /// truncate by a caller without CAP_FSETID. Returns whether the mode changed.
-    pub fn drop_suidgid(&mut self) -> bool {
-        let mut p = self.perm & !libc::S_ISUID;
-        if p & libc::S_IXGRP != 0 {
-            p &= !libc::S_ISGID;
-        }
+    /// Drops setuid and setgid as Linux does when `caller` changes the file
+    /// (`fs/attr.c`: `setattr_should_drop_suidgid`, `setattr_should_drop_sgid`):
+    /// a write or truncate by a caller without CAP_FSETID drops setuid, and setgid
+    /// where group-executable or where the caller is not in the file's group; a
+    /// change of owner drops setuid whoever makes it, and setgid the same way but
+    /// with CAP_FSETID standing for membership. Returns whether the mode changed.
+    pub fn drop_suidgid(&mut self, change: Change, caller: &Caller) -> bool {
+        let p = self.perm_after(change, caller);
         let changed = p != self.perm;
         self.perm = p;
         changed
+    }
+
+    /// The permission bits [`Inode::drop_suidgid`] would leave.
+    pub fn perm_after(&self, change: Change, caller: &Caller) -> u32 {
+        let applies = match change {
+            Change::Data => !caller.fsetid && self.kind == Kind::File,
+            Change::Owner => self.kind != Kind::Dir,
+        };
+        let p = self.perm;
+        if !applies || p & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return p;
+        }
+        let mut p = p & !libc::S_ISUID;
+        if p & libc::S_ISGID != 0
+            && (p & libc::S_IXGRP != 0 || !(caller.fsetid || (caller.in_group)(self.gid)))
+        {
+            p &= !libc::S_ISGID;
+        }
+        p
+    }
+}
+
+/// What a change does to the file, as far as setuid and setgid go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A write or a truncate.
+    Data,
+    /// A change of owner or group (of anything but a directory, which keeps both).
+    Owner,
+}
+
+/// Who makes a write, truncate or change of owner, as far as setuid and setgid go.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    /// Holds CAP_FSETID: its writes and truncates keep both bits.
+    pub fsetid: bool,
+    /// Whether the caller is in a group (its own or a supplementary one): asked
+    /// only of a caller without CAP_FSETID, for a setgid file that is not
+    /// group-executable.
+    pub in_group: &'a dyn Fn(u32) -> bool,
+}
+
+impl Caller<'_> {
+    /// A caller with CAP_FSETID (root): what the volume's own callers stand for.
+    pub const PRIVILEGED: Caller<'static> = Caller {
+        fsetid: true,
+        in_group: &|_| true,
+    };
+}
+
+impl Default for Caller<'_> {
+    fn default() -> Self {
+        Caller::PRIVILEGED
+    }
+}
+
+impl std::fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("fsetid", &self.fsetid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -299,8 +360,8 @@ impl SetTime {
 }
 
 /// What `setattr` changes; `None` leaves a field alone.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SetAttr {
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr<'a> {
     pub perm: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -308,14 +369,51 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub ctime: Option<SystemTime>,
-    /// Drop setuid, and setgid where group-executable, as a write or truncate by
-    /// a caller without CAP_FSETID does.
-    pub kill_suidgid: bool,
+    /// Who asks: a truncate or change of owner drops setuid and setgid as
+    /// [`Inode::drop_suidgid`] says.
+    pub caller: Caller<'a>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setuid_and_setgid_drop_as_linux_drops_them() {
+        let member = Caller {
+            fsetid: false,
+            in_group: &|g| g == 4242,
+        };
+        let outsider = Caller {
+            fsetid: false,
+            in_group: &|_| false,
+        };
+        let root = Caller::PRIVILEGED;
+        // (kind, mode, change, caller) -> mode after, for a file of group 4242.
+        let cases = [
+            (Kind::File, 0o6777, Change::Data, &outsider, 0o777),
+            (Kind::File, 0o6767, Change::Data, &outsider, 0o767),
+            (Kind::File, 0o6767, Change::Data, &member, 0o2767),
+            (Kind::File, 0o6777, Change::Data, &root, 0o6777),
+            (Kind::File, 0o644, Change::Data, &outsider, 0o644),
+            (Kind::File, 0o6755, Change::Owner, &root, 0o755),
+            (Kind::File, 0o6745, Change::Owner, &root, 0o2745),
+            (Kind::File, 0o2745, Change::Owner, &outsider, 0o745),
+            (Kind::File, 0o2745, Change::Owner, &member, 0o2745),
+            (Kind::Symlink, 0o4777, Change::Owner, &root, 0o777),
+            (Kind::Dir, 0o6755, Change::Owner, &root, 0o6755),
+            (Kind::Dir, 0o6777, Change::Data, &outsider, 0o6777),
+        ];
+        for (kind, mode, change, caller, want) in cases {
+            let mut i = Inode::new(kind, mode, 0, 4242, 0);
+            let changed = i.drop_suidgid(change, caller);
+            assert_eq!(
+                (i.perm, changed),
+                (want, want != mode),
+                "{kind:?} {mode:o} {change:?} {caller:?}"
+            );
+        }
+    }
 
     #[test]
     fn records_round_trip() {

@@ -63,7 +63,7 @@ mod xattr;
 use catalog::{Record, Settings};
 pub use check::{FsckProgress, FsckReport};
 use dir::DirIndex;
-pub use inode::{Attr, Ino, Inode, Kind, SetAttr, SetTime};
+pub use inode::{Attr, Caller, Change, Ino, Inode, Kind, SetAttr, SetTime};
 pub use mounted::{mounted_busy, MountPoint};
 use node::{Engine, RecordFormat, Records, Tree};
 pub use restore::{
@@ -170,10 +170,11 @@ pub enum Whence {
 }
 
 /// Who a write comes from, as far as the volume cares (see [`Volume::write_as`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Writer {
-    /// Without CAP_FSETID: the write drops the file's setuid and setgid bits.
-    pub drop_suidgid: bool,
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Writer<'a> {
+    /// Without CAP_FSETID the write drops the file's setuid and setgid bits
+    /// ([`Inode::drop_suidgid`]).
+    pub caller: Caller<'a>,
     /// The kernel's writeback cache, which keeps the file's times itself and sends
     /// them in a setattr: the write leaves them as they are.
     pub from_cache: bool,

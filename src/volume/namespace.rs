@@ -11,7 +11,7 @@
 //! in-place overwrites instead of storing the record.
 
 use super::dir::{Dirent, NAME_MAX};
-use super::inode::{self, Attr, Ino, Inode, Kind, SetAttr};
+use super::inode::{self, Attr, Change, Ino, Inode, Kind, SetAttr};
 use super::op::Op;
 use super::{ClusterId, DirEntry, NewInode, RenameFlags, State, Volume, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
@@ -74,11 +74,12 @@ impl Volume {
                 i.perm = p & 0o7777;
                 i.ctime = now;
             }
-            // A change of owner drops setuid and setgid from a file, whoever
-            // makes it (as Linux's chown does); a write or truncate by a caller
-            // without CAP_FSETID drops them too.
-            let chown = (sa.uid.is_some() || sa.gid.is_some()) && i.kind != Kind::Dir;
-            if (sa.kill_suidgid || chown) && i.drop_suidgid() {
+            // Before the new owner is set: a chown's setgid rule asks about the
+            // file's old group.
+            let truncated = sa.size.is_some() && i.drop_suidgid(Change::Data, &sa.caller);
+            let chown =
+                (sa.uid.is_some() || sa.gid.is_some()) && i.drop_suidgid(Change::Owner, &sa.caller);
+            if truncated || chown {
                 i.ctime = now;
             }
             if let Some(u) = sa.uid {
@@ -117,7 +118,7 @@ impl Volume {
             atime: None,
             mtime: Some(mtime),
             ctime,
-            kill_suidgid: false,
+            caller: _,
         } = sa
         else {
             return Ok(None);

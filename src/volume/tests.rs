@@ -16,9 +16,12 @@ pub(super) const WHO: NewInode = NewInode {
     gid: 0,
 };
 
-/// A writer without CAP_FSETID.
+/// A writer without CAP_FSETID, in every group.
 const DROPS: Writer = Writer {
-    drop_suidgid: true,
+    caller: Caller {
+        fsetid: false,
+        in_group: &|_| true,
+    },
     from_cache: false,
 };
 
@@ -391,7 +394,7 @@ fn times_handed_over_by_the_writeback_cache_wait_like_an_overwrites() {
     // What the kernel sends for a write in its cache and the fdatasync after it:
     // the written page, then the times it kept, then the sync.
     let cached = Writer {
-        drop_suidgid: false,
+        caller: Caller::PRIVILEGED,
         from_cache: true,
     };
     v.write_as(c, f, 8192, b"committed-txn", cached).unwrap();

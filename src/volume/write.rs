@@ -9,7 +9,7 @@
 //! map's nodes on the path are made private first. Whole pages go to the store as
 //! `pwrite`s of contiguous runs; partial pages are read, changed and written.
 
-use super::inode::{self, Ino, Inode, Kind};
+use super::inode::{self, Change, Ino, Inode, Kind};
 use super::node::{Deferred, NodeKind, Tree};
 use super::{ClusterId, State, Volume, Writer, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
@@ -78,7 +78,7 @@ impl Volume {
                 i.ctime = now;
             }
             // A dropped setuid bit must be as durable as the data written after it.
-            let dropped = who.drop_suidgid && i.drop_suidgid();
+            let dropped = i.drop_suidgid(Change::Data, &who.caller);
             if !remapped && !grows && !dropped {
                 op.data_only.insert(ino);
             }
@@ -112,7 +112,7 @@ impl Volume {
         if data.is_empty()
             || i.kind != Kind::File
             || offset + data.len() as u64 > i.size
-            || (who.drop_suidgid && i.clone().drop_suidgid())
+            || i.perm_after(Change::Data, &who.caller) != i.perm
         {
             return Ok(None);
         }
