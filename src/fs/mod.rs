@@ -57,11 +57,11 @@ use attr::{
 };
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::{debug, error, info, warn};
+use log::{debug, error, info};
 use namespace::clone_entry;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -176,45 +176,7 @@ macro_rules! file_or_reply {
 
 impl Filesystem for CloneFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(max) = config.set_max_write(1 << 20) {
-            let _ = config.set_max_write(max);
-        }
-        if let Err(max) = config.set_max_readahead(1 << 20) {
-            let _ = config.set_max_readahead(max);
-        }
-        // Without FUSE_WRITEBACK_CACHE (the default) a write is in the volume when
-        // write(2) returns; with it, a clone first has the kernel write back the
-        // dirty pages of the cluster's open files (see `clone_after_writeback`).
-        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
-            // Always readdirplus, not only for the first batch of a directory
-            // (READDIRPLUS_AUTO): `du`, `find -type`, `grep -r` then find names
-            // with their attributes and send no LOOKUP per file.
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            // The volume drops setuid/setgid itself, so the kernel need not ask
-            // for security.capability before every write.
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-        if self.writeback {
-            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
-        }
-        let granted = wanted & config.capabilities();
-        if config.add_capabilities(granted).is_err() {
-            warn!("the kernel refused capabilities {granted:?}");
-        }
-        if self.writeback && !granted.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
-            warn!("the kernel offers no writeback cache: writes go through");
-            self.writeback = false;
-        }
-        self.zero_open = !self.writeback;
-        info!(
-            "serving {} ({} clusters), kernel FUSE ABI {:?}",
-            self.vol.path().display(),
-            self.vol.cluster_count(),
-            config.kernel_abi()
-        );
-        // So that the first `status` finds figures.
-        self.vol.request_space_walk();
+        self.negotiate(config);
         Ok(())
     }
 

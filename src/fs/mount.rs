@@ -11,8 +11,8 @@
 use super::CloneFs;
 use crate::error::Error;
 use crate::volume::Volume;
-use fuser::{Config, MountOption, Notifier, Session, SessionACL};
-use log::warn;
+use fuser::{Config, InitFlags, KernelConfig, MountOption, Notifier, Session, SessionACL};
+use log::{info, warn};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -268,6 +268,52 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+impl CloneFs {
+    /// FUSE_INIT: the request sizes and capabilities this file system asks of the
+    /// kernel, and what follows from what it grants.
+    pub(super) fn negotiate(&mut self, config: &mut KernelConfig) {
+        if let Err(max) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Without FUSE_WRITEBACK_CACHE (the default) a write is in the volume when
+        // write(2) returns; with it, a clone first has the kernel write back the
+        // dirty pages of the cluster's open files (see `clone_after_writeback`).
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            // Always readdirplus, not only for the first batch of a directory
+            // (READDIRPLUS_AUTO): `du`, `find -type`, `grep -r` then find names
+            // with their attributes and send no LOOKUP per file.
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The volume drops setuid/setgid itself, so the kernel need not ask
+            // for security.capability before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        if self.writeback {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        let granted = wanted & config.capabilities();
+        if config.add_capabilities(granted).is_err() {
+            warn!("the kernel refused capabilities {granted:?}");
+        }
+        if self.writeback && !granted.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
+            warn!("the kernel offers no writeback cache: writes go through");
+            self.writeback = false;
+        }
+        self.zero_open = !self.writeback;
+        info!(
+            "serving {} ({} clusters), kernel FUSE ABI {:?}",
+            self.vol.path().display(),
+            self.vol.cluster_count(),
+            config.kernel_abi()
+        );
+        // So that the first `status` finds figures.
+        self.vol.request_space_walk();
+    }
 }
 
 #[cfg(test)]
