@@ -5,6 +5,8 @@
 //! the cluster is shared, and one OSD is killed near the end.
 //!
 //! - `clone_remount`: mkfs, mount, write, clone, remount: contents equal; fsck clean.
+//! - `mount_helper`: `mount -t fuse.clonefs rados://clonefs/basic#copy DIR -o
+//!   ceph_conf=...,host=...` (what an fstab line does) mounts the cluster; umount.
 //! - `errors`: an existing store, a missing store, a missing pool, a bad address.
 //! - `second_writer_refused`: another `--host` is refused, naming the holder.
 //! - `sigkill_take_over`: SIGKILL mid-load; `--take-over`; every fsync'd record there;
@@ -39,7 +41,7 @@ mod rng;
 mod workload;
 
 use clonefs::store::rados::LEASE;
-use common::{is_mounted, run, run_for, run_ok, s, BIN};
+use common::{is_mounted, run, run_for, run_ok, s, Helper, BIN};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -920,6 +922,55 @@ fn power_cuts(c: &Cluster) {
     assert!(stats.exact_sync_state + stats.later_state == 2 * cases);
 }
 
+/// mount(8) and fstab: `mount -t fuse.clonefs rados://POOL/STORE#CLUSTER DIR -o ...`
+/// runs mount.fuse.clonefs, which mounts the cluster with the Ceph options.
+fn mount_helper(c: &Cluster, work: &Path) {
+    let _helper = Helper::install();
+    let dir = work.join("helper");
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = format!(
+        "_netdev,ceph_conf={},host=h1,cache={},cache_size=16M",
+        c.conf(),
+        s(&c.cache())
+    );
+    let src = format!("rados://{POOL}/basic#copy");
+    run_ok(&[
+        "timeout",
+        "90",
+        "mount",
+        "-t",
+        "fuse.clonefs",
+        &src,
+        s(&dir),
+        "-o",
+        &opts,
+    ]);
+    assert!(std::fs::read(dir.join("f3")).unwrap() == pattern(3, 1000 + 3 * 777));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(s(&dir)) && l.contains("fuse.clonefs")),
+        "{mounts}"
+    );
+    let err = run(&[
+        "timeout",
+        "90",
+        "mount",
+        "-t",
+        "fuse.clonefs",
+        &src,
+        s(&dir),
+        "-o",
+        "ceph_conf",
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("needs a value"));
+    run_ok(&["timeout", "60", "umount", s(&dir)]);
+    assert!(!is_mounted(&dir));
+    fsck_clean(c, "basic");
+}
+
 /// Deleting a file gives its space in Ceph back (whole objects removed, the rest
 /// zeroed), and what is written there again reads back right.
 fn trim(c: &Cluster, work: &Path) {
@@ -1179,6 +1230,7 @@ fn rados_store() {
     };
     step("clone_remount", &|| clone_remount(&c, &work));
     step("errors", &|| errors(&c, &work));
+    step("mount_helper", &|| mount_helper(&c, &work));
     step("second_writer_refused", &|| {
         second_writer_refused(&c, &work)
     });

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{is_mounted, run, run_for, run_ok, s, BIN};
+use common::{is_mounted, run, run_for, run_ok, s, Helper, BIN};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -272,37 +272,6 @@ fn clusters_mounted_alone_beside_the_store_mount_share_one_daemon() {
     assert!(gone_within(pid, 30), "the daemon outlived its last mount");
     assert_eq!(holding(&store), 0);
     run_ok(&[BIN, "fsck", s(&store)]);
-}
-
-/// Puts this binary's mount.fuse.clonefs in /usr/sbin for the test's life, and
-/// puts back whatever was there before.
-struct Helper {
-    path: PathBuf,
-    before: Option<Vec<u8>>,
-}
-
-impl Helper {
-    fn install() -> Helper {
-        let path = PathBuf::from("/usr/sbin/mount.fuse.clonefs");
-        let before = fs::read(&path).ok();
-        run_ok(&[BIN, "install"]);
-        let script = fs::read_to_string(&path).unwrap();
-        assert!(script.contains("mount-helper"), "{script}");
-        Helper { path, before }
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        match &self.before {
-            Some(b) => {
-                let _ = fs::write(&self.path, b);
-            }
-            None => {
-                let _ = fs::remove_file(&self.path);
-            }
-        }
-    }
 }
 
 #[test]

@@ -9,14 +9,18 @@
 //!
 //! mount(8) calls `mount.fuse.clonefs SOURCE DIR [-sfnv] [-N NS] [-o OPTIONS]
 //! [-t fuse.clonefs]`. SOURCE is `STORE` (the whole store) or `STORE#CLUSTER` (one
-//! cluster at DIR). The clonefs options are `cluster=NAME`, `threads=N`,
-//! `allow_other`, `writeback_cache`, `listen=[ADDR:]PORT` and `log=FILE`; the
+//! cluster at DIR); STORE is a store file or `rados://POOL/STORE`. The clonefs
+//! options are `cluster=NAME`, `threads=N`, `allow_other`, `writeback_cache`,
+//! `listen=[ADDR:]PORT` and `log=FILE`, and for a RADOS store `ceph_conf=FILE`,
+//! `ceph_user=NAME`, `ceph_keyring=FILE`, `host=NAME`, `cache=DIR` and
+//! `cache_size=SIZE` (as the mount command's flags; no take-over at boot); the
 //! generic ones fstab and mount(8) pass along (`rw`, `defaults`, `noauto`, ...) are
 //! accepted and mean nothing here. Anything else is refused by name, before
 //! anything is mounted.
 
-use super::{console::parse_listen, mount, CliResult};
+use super::{console::parse_listen, mount, parse_size, CliResult};
 use clonefs::fs::MountConfig;
+use clonefs::store::addr::{StoreAddr, StoreOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -57,10 +61,22 @@ const GENERIC: &[&str] = &[
     "silent",
 ];
 
+/// The options of a store on Ceph (`-o KEY=VALUE`), as the mount command's flags.
+const RADOS_OPTIONS: &[&str] = &[
+    "ceph_conf",
+    "ceph_user",
+    "ceph_keyring",
+    "host",
+    "cache",
+    "cache_size",
+];
+
 /// What the helper was asked to do.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HelperArgs {
-    pub store: PathBuf,
+    pub store: StoreAddr,
+    /// How to reach a RADOS store (default for a store file).
+    pub opts: StoreOptions,
     pub mountpoint: PathBuf,
     pub config: MountConfig,
     pub listen: Option<SocketAddr>,
@@ -123,6 +139,12 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
         ));
     };
     let (store, mut cluster) = parse_source(source)?;
+    let store = StoreAddr::parse(&store.to_string_lossy())?;
+    let mut opts = StoreOptions {
+        cache_size: 1 << 30,
+        ..StoreOptions::default()
+    };
+    let rados = matches!(store, StoreAddr::Rados { .. });
     let mut config = MountConfig {
         threads: 4,
         ..MountConfig::default()
@@ -158,6 +180,19 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
                 listen = Some(parse_listen(a).map_err(|e| format!("listen={a}: {e}"))?)
             }
             ("log", Some(f)) => log = Some(PathBuf::from(f)),
+            (k, Some(_)) if !rados && RADOS_OPTIONS.contains(&k) => {
+                return Err(format!(
+                    "option {k} is for a store on Ceph (rados://POOL/STORE), not a store file"
+                ))
+            }
+            ("ceph_conf", Some(f)) => opts.ceph_conf = Some(PathBuf::from(f)),
+            ("ceph_user", Some(u)) => opts.ceph_user = Some(u.to_string()),
+            ("ceph_keyring", Some(f)) => opts.ceph_keyring = Some(PathBuf::from(f)),
+            ("host", Some(h)) => opts.host = Some(h.to_string()),
+            ("cache", Some(d)) => opts.cache = Some(PathBuf::from(d)),
+            ("cache_size", Some(n)) => {
+                opts.cache_size = parse_size(n).map_err(|e| format!("cache_size={n}: {e}"))?
+            }
             ("allow_other", None) => config.allow_other = true,
             ("writeback_cache", None) => config.writeback_cache = true,
             ("ro", None) => {
@@ -170,14 +205,19 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
             (k, None) if GENERIC.contains(&k) => {}
             // comment=, x-systemd.*, x-gvfs-* and the like: for other programs.
             (k, _) if k.starts_with("x-") || k == "comment" => {}
-            (k, None) if ["cluster", "threads", "listen", "log"].contains(&k) => {
+            (k, None)
+                if ["cluster", "threads", "listen", "log"].contains(&k)
+                    || RADOS_OPTIONS.contains(&k) =>
+            {
                 return Err(format!("option {k} needs a value ({k}=...)"))
             }
             _ => {
                 return Err(format!(
                     "unknown option '{opt}': clonefs takes cluster=NAME, threads=N, \
-                     allow_other, writeback_cache, listen=[ADDR:]PORT, log=FILE (and the \
-                     generic rw, defaults, noauto, nofail, _netdev, user, users, noatime)"
+                     allow_other, writeback_cache, listen=[ADDR:]PORT, log=FILE, for Ceph \
+                     ceph_conf=FILE, ceph_user=NAME, ceph_keyring=FILE, host=NAME, cache=DIR, \
+                     cache_size=SIZE (and the generic rw, defaults, noauto, nofail, _netdev, \
+                     user, users, noatime)"
                 ))
             }
         }
@@ -188,6 +228,7 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
     config.cluster = cluster;
     Ok(HelperArgs {
         store,
+        opts,
         mountpoint: PathBuf::from(dir),
         config,
         listen,
@@ -225,7 +266,10 @@ pub fn run(args: &[String]) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     }
     mount::mount_quietly(
-        &a.store,
+        &mount::StoreArgs {
+            addr: a.store,
+            opts: a.opts,
+        },
         &a.mountpoint,
         false,
         a.log,
@@ -297,7 +341,7 @@ mod tests {
             "rw,noauto,threads=2,allow_other",
         ])
         .unwrap();
-        assert_eq!(a.store, Path::new("/s/store.clonefs"));
+        assert_eq!(a.store, StoreAddr::File("/s/store.clonefs".into()));
         assert_eq!(a.mountpoint, Path::new("/mnt/p"));
         assert_eq!(a.config.cluster.as_deref(), Some("prod"));
         assert_eq!(a.config.threads, 2);
@@ -313,15 +357,39 @@ mod tests {
             "-olisten=127.0.0.1:8080",
         ])
         .unwrap();
-        assert_eq!(a.store, Path::new("/s/st"));
+        assert_eq!(a.store, StoreAddr::File("/s/st".into()));
         assert_eq!(a.config.cluster.as_deref(), Some("test"));
         assert!(a.verbose && a.config.writeback_cache);
         assert_eq!(a.listen, Some("127.0.0.1:8080".parse().unwrap()));
         let a = parse(&["/a#b/store", "/m", "-n"]).unwrap();
         assert_eq!(
-            (a.store.as_path(), a.config.cluster),
-            (Path::new("/a#b/store"), None)
+            (a.store, a.config.cluster),
+            (StoreAddr::File("/a#b/store".into()), None)
         );
+        let a = parse(&[
+            "rados://clonefs/prod-store#db",
+            "/srv/db",
+            "-o",
+            "_netdev,ceph_conf=/etc/ceph/c.conf,ceph_user=db,host=db1,cache_size=256M",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.store,
+            StoreAddr::Rados {
+                pool: "clonefs".into(),
+                name: "prod-store".into()
+            }
+        );
+        assert_eq!(a.config.cluster.as_deref(), Some("db"));
+        assert_eq!(
+            a.opts.ceph_conf.as_deref(),
+            Some(Path::new("/etc/ceph/c.conf"))
+        );
+        assert_eq!(
+            (a.opts.ceph_user.as_deref(), a.opts.host.as_deref()),
+            (Some("db"), Some("db1"))
+        );
+        assert_eq!(a.opts.cache_size, 256 << 20);
     }
 
     #[test]
@@ -340,6 +408,19 @@ mod tests {
             (&["/s/st", "/m", "-o", "ro"][..], "read-write only"),
             (&["/s/st#a", "/m", "-o", "cluster=b"][..], "give one"),
             (&["/s/st", "/m", "-t", "ext4"][..], "not -t ext4"),
+            (
+                &["/s/st", "/m", "-o", "ceph_conf=/c"][..],
+                "not a store file",
+            ),
+            (
+                &["rados://p/s", "/m", "-o", "cache_size"][..],
+                "needs a value",
+            ),
+            (
+                &["rados://p/s", "/m", "-o", "cache_size=lots"][..],
+                "cache_size=lots",
+            ),
+            (&["rados://p", "/m"][..], "rados://POOL/STORE"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(says), "{args:?}: {e}");

@@ -47,10 +47,9 @@ pub fn mount(
     mount_store(store, mountpoint, foreground, log, mc, listen, false)
 }
 
-/// [`mount`] of a store file; `quiet` says nothing on success (mount(8)'s
-/// helper, unless -v).
+/// [`mount`]; `quiet` says nothing on success (mount(8)'s helper, unless -v).
 pub fn mount_quietly(
-    store: &Path,
+    store: &StoreArgs,
     mountpoint: &Path,
     foreground: bool,
     log: Option<PathBuf>,
@@ -58,11 +57,7 @@ pub fn mount_quietly(
     listen: Option<SocketAddr>,
     quiet: bool,
 ) -> CliResult {
-    let args = StoreArgs {
-        addr: StoreAddr::File(store.to_owned()),
-        opts: StoreOptions::default(),
-    };
-    mount_store(&args, mountpoint, foreground, log, mc, listen, quiet)
+    mount_store(store, mountpoint, foreground, log, mc, listen, quiet)
 }
 
 /// Checks a RADOS store's options before the fork; returns its local anchor.

@@ -18,7 +18,7 @@ pub enum StoreAddr {
 }
 
 /// What reaching a RADOS store takes (ignored for a store file).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreOptions {
     /// The cluster's ceph.conf [default: /etc/ceph/ceph.conf].
     pub ceph_conf: Option<PathBuf>,

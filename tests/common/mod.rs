@@ -266,3 +266,34 @@ pub fn is_mounted(p: &Path) -> bool {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
+
+/// Puts this binary's mount.fuse.clonefs in /usr/sbin for the test's life, and
+/// puts back whatever was there before.
+pub struct Helper {
+    path: PathBuf,
+    before: Option<Vec<u8>>,
+}
+
+impl Helper {
+    pub fn install() -> Helper {
+        let path = PathBuf::from("/usr/sbin/mount.fuse.clonefs");
+        let before = std::fs::read(&path).ok();
+        run_ok(&[BIN, "install"]);
+        let script = std::fs::read_to_string(&path).unwrap();
+        assert!(script.contains("mount-helper"), "{script}");
+        Helper { path, before }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        match &self.before {
+            Some(b) => {
+                let _ = std::fs::write(&self.path, b);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
