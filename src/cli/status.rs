@@ -97,27 +97,33 @@ fn status_table(doc: &StatusDoc) -> String {
             expires,
         ]);
     }
+    // Cells are ASCII but for names and dates in other scripts: count those by char.
+    let width = |cell: &str| match cell.is_ascii() {
+        true => cell.len(),
+        false => cell.chars().count(),
+    };
     let mut widths = [0usize; 9];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(width(cell));
         }
     }
+    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
     // One string for the whole table, cells padded by hand: a store with 10,000
     // clusters prints in a few milliseconds.
-    let width: usize = widths.iter().map(|w| w + 2).sum();
-    let mut out = String::with_capacity((rows.len() + 3) * width);
+    let line: usize = widths.iter().map(|w| w + 2).sum();
+    let mut out = String::with_capacity((rows.len() + 3) * line);
     for r in &rows {
         let start = out.len();
         for (i, cell) in r.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
+            let n = widths[i] - width(cell);
             let right = (3..7).contains(&i);
             if right {
-                out.extend(std::iter::repeat_n(' ', pad));
+                pad(&mut out, n);
             }
             out.push_str(cell);
             if !right {
-                out.extend(std::iter::repeat_n(' ', pad));
+                pad(&mut out, n);
             }
             out.push_str("  ");
         }
