@@ -163,8 +163,8 @@ mkfs_rados() {
   if ! out=$(timeout 120 "$bin" mkfs "$store" "${store_opts[@]}" --size 8G 2>&1); then
     [[ $out == *"exists already"* ]] || fail "clonefs mkfs $store failed: $out"
     fail "$store exists already; this script makes its own store and removes it at its end, so it takes a name" \
-      "no store has (--store rados://$(rados_pool)/OTHER-NAME), or remove that store's objects first:" \
-      "rados -c $ceph_conf -p $(rados_pool) ls | grep '^$(rados_name)\.' | xargs -r rados -c $ceph_conf -p $(rados_pool) rm"
+      "no store has (--store rados://$(rados_pool)/OTHER-NAME), or delete that store first:" \
+      "clonefs delete-store $store ${store_opts[*]} --yes"
   fi
   made_store=1
   echo "$out"

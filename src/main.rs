@@ -228,6 +228,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a store that is not mounted, with every cluster in it (a store file,
+    /// or every object of a RADOS store); refused while a daemon serves it
+    DeleteStore {
+        /// The store file, or rados://POOL/STORE
+        #[arg(value_parser = parse_store)]
+        store: StoreAddr,
+        #[command(flatten)]
+        ceph: CephArgs,
+        /// Yes: delete it and every cluster in it (nothing can bring them back)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Print the URL of a mount's web console, with its token (mount with --listen)
     Console { mountpoint: PathBuf },
 }
@@ -419,6 +431,7 @@ fn main() -> ExitCode {
             take_over,
             json,
         } => cli::fsck::run(&ceph.store(store, take_over), json),
+        Cmd::DeleteStore { store, ceph, yes } => cli::mkfs::delete(&ceph.store(store, false), yes),
         Cmd::Console { mountpoint } => cli::console::run(&mountpoint),
     };
     match result {

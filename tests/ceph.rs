@@ -22,7 +22,8 @@
 //!   operations; the store is taken over as another host would and must hold a state
 //!   the round may leave, every synced byte included; fsck clean.
 //! - `trim`: deleting a file gives its space in Ceph back (BlueStore's stored bytes
-//!   drop); what is written there again reads back; fsck clean.
+//!   drop); what is written there again reads back; fsck clean; `delete-store`
+//!   refused while mounted, then no object of the store is left.
 //! - `postgres_on_rados`: `scripts/db-postgres.sh --store rados://...`: PostgreSQL
 //!   cloned under load, recovery on the clone, pg_amcheck clean, no object left.
 //! - `monitor_restarted`: the monitor stops and starts again under an fsync load: no
@@ -1027,8 +1028,23 @@ fn trim(c: &Cluster, work: &Path) {
     m.umount();
     let m = RMount::new(c, "trim", &mnt, "h1", &[]);
     assert!(std::fs::read(mnt.join("prod/again")).unwrap() == big[..20 << 20]);
+    // delete-store: refused while a daemon serves the store, then every object goes.
+    let delete = [BIN, "delete-store", &addr, "--ceph-conf", conf, "--yes"];
+    let out = run(&delete);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in use by host h1"),
+        "{err}"
+    );
     m.umount();
     fsck_clean(c, "trim");
+    let out = run_ok(&delete);
+    assert!(
+        out.contains("deleted clonefs store rados://clonefs/trim (1 clusters)"),
+        "{out}"
+    );
+    let left = run_ok(&["rados", "-c", conf, "-p", POOL, "ls"]);
+    assert!(!left.lines().any(|l| l.starts_with("trim.")), "{left}");
 }
 
 /// The monitor restarts under an fsync load: no error, every record there.

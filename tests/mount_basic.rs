@@ -270,3 +270,33 @@ fn sigterm_unmounts_and_commits() {
     m.mount_again();
     assert_eq!(fs::read(m.path("c/f")).unwrap(), b"kept");
 }
+
+#[test]
+fn delete_store_asks_for_yes_and_refuses_a_served_store_or_another_file() {
+    let Some(mut m) = Mounted::new() else { return };
+    fs::create_dir(m.path("a")).unwrap();
+    fs::create_dir(m.path("a/.clone/b")).unwrap();
+    let fails = |args: &[&str], says: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    };
+    let store = m.store_str().to_string();
+    fails(&[BIN, "delete-store", &store], "run it again with --yes");
+    fails(&[BIN, "delete-store", &store, "--yes"], "in use by process");
+    m.umount();
+    assert!(m.store.exists());
+    let other = m.dir.path().join("notes.txt");
+    fs::write(&other, "not a store").unwrap();
+    fails(
+        &[BIN, "delete-store", other.to_str().unwrap(), "--yes"],
+        "no superblock",
+    );
+    assert!(other.exists());
+    let out = run_ok(&[BIN, "delete-store", &store, "--yes"]);
+    assert!(out.contains("(2 clusters)"), "{out}");
+    assert!(!m.store.exists());
+}

@@ -1,4 +1,5 @@
-//! `clonefs mkfs`: makes a store file, never over an existing one.
+//! `clonefs mkfs`: makes a store file, never over an existing one; and
+//! `clonefs delete-store`, its opposite.
 //!
 //! It refuses any path that exists (a symlink included, dangling or not): a store
 //! holds every cluster, and overwriting one by a mistyped path loses them all.
@@ -35,5 +36,19 @@ pub fn run(store: &StoreArgs, size: u64, page_size: u64, retention: Duration) ->
         human(page_size),
         humantime::format_duration(retention)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clonefs delete-store STORE --yes`: deletes a store nobody serves.
+pub fn delete(store: &StoreArgs, yes: bool) -> CliResult {
+    init_logger("warn");
+    if !yes {
+        return Err(format!(
+            "this deletes {} and every cluster in it, for good; run it again with --yes",
+            store.addr
+        ));
+    }
+    let clusters = Volume::delete_store(&store.addr, &store.opts).map_err(|e| e.to_string())?;
+    println!("deleted clonefs store {} ({clusters} clusters)", store.addr);
     Ok(ExitCode::SUCCESS)
 }

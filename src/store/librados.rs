@@ -179,6 +179,7 @@ librados! {
         len: usize,
         off: u64,
     ) -> c_int;
+    fn rados_remove(io: rados_ioctx_t, oid: *const c_char) -> c_int;
     fn rados_aio_remove(io: rados_ioctx_t, oid: *const c_char, c: rados_completion_t) -> c_int;
     fn rados_aio_wait_for_complete(c: rados_completion_t) -> c_int;
     fn rados_aio_is_complete(c: rados_completion_t) -> c_int;
@@ -509,6 +510,12 @@ impl IoCtx {
             )
         })?;
         Ok(c)
+    }
+
+    /// Removes the object `oid`, and waits for it.
+    pub fn remove(&self, oid: &CStr) -> io::Result<()> {
+        // SAFETY: valid context and name.
+        check(unsafe { rados_remove(self.h, oid.as_ptr()) }).map(|_| ())
     }
 
     /// Starts removing the object `oid`; the completion says when and how it ended

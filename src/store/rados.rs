@@ -201,6 +201,39 @@ impl RadosDevice {
         })
     }
 
+    /// Deletes the store: with its lease held (so no daemon serves it), removes
+    /// every data object, then object 0 (the superblocks, the geometry and the
+    /// lease go with it). Returns how many objects existed.
+    pub fn destroy(self) -> Result<u64> {
+        self.lease.stop_renewing();
+        let objects = (self.capacity * self.page_size as u64).div_ceil(OBJECT_SIZE);
+        let mut removing = Vec::new();
+        let mut removed = 0;
+        let mut reap = |all: bool, removing: &mut Vec<librados::Completion>| -> Result<()> {
+            while removing.len() > if all { 0 } else { MAX_IN_FLIGHT } {
+                match removing.remove(0).wait() {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        return Err(self.io_error(format!("removing an object failed: {}", why(&e))))
+                    }
+                }
+            }
+            Ok(())
+        };
+        for obj in 1..objects {
+            let c = self.io.aio_remove(&object_name(&self.store, obj));
+            removing.push(c.map_err(|e| self.io_error(format!("cannot remove: {}", why(&e))))?);
+            reap(false, &mut removing)?;
+        }
+        reap(true, &mut removing)?;
+        let sb = object_name(&self.store, 0);
+        self.io
+            .remove(&sb)
+            .map_err(|e| self.io_error(format!("removing object 0 failed: {}", why(&e))))?;
+        Ok(removed + 1)
+    }
+
     /// Splits the byte range at `page`+`offset` of `len` bytes into per-object pieces:
     /// (object index, offset in it, offset in the caller's buffer, length).
     fn pieces(

@@ -58,6 +58,20 @@ impl Volume {
         }
     }
 
+    /// Deletes the store at `addr` with every cluster in it, once it is sure it is
+    /// a store and nobody serves it (the file's lock, the RADOS lease). Returns
+    /// how many clusters it held.
+    pub fn delete_store(addr: &StoreAddr, opts: &StoreOptions) -> Result<usize> {
+        match addr {
+            StoreAddr::File(p) => {
+                let clusters = Self::open_path_mode(p, true)?.cluster_count();
+                std::fs::remove_file(p)?;
+                Ok(clusters)
+            }
+            StoreAddr::Rados { pool, name } => rados::delete(pool, name, opts),
+        }
+    }
+
     /// Makes a new store at `addr` and sets how long it keeps restore points.
     pub fn mkfs_store(
         addr: &StoreAddr,
@@ -309,6 +323,16 @@ mod rados {
         let file = opts.cache_file(pool, name, &t.host);
         let dev = CachedDevice::new(dev, &file, opts.cache_size)?;
         Volume::open_device(Arc::new(dev), &path, read_only)
+    }
+
+    pub fn delete(pool: &str, name: &str, opts: &StoreOptions) -> Result<usize> {
+        let t = target(pool, name, opts, false);
+        let vol = Volume::open_device(Arc::new(RadosDevice::open(&t)?), &t.shown(), true)?;
+        let clusters = vol.cluster_count();
+        vol.close()?; // lets go of the lease, which destroy takes again
+        let objects = RadosDevice::open(&t)?.destroy()?;
+        log::info!("removed {objects} objects of {}", t.shown().display());
+        Ok(clusters)
     }
 
     pub fn mkfs(
