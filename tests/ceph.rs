@@ -1047,29 +1047,41 @@ fn trim(c: &Cluster, work: &Path) {
     assert!(!left.lines().any(|l| l.starts_with("trim.")), "{left}");
 }
 
-/// The monitor restarts under an fsync load: no error, every record there.
-fn monitor_restarted(c: &Cluster, work: &Path) {
-    mkfs(c, "mon");
-    let mnt = work.join("mon");
-    let m = RMount::new(c, "mon", &mnt, "h1", &[]);
+/// A record writer on a fresh store while `fault` strikes (it returns what it did):
+/// the writer sees no error, and after a remount every record is there; fsck clean.
+fn writer_through(c: &Cluster, work: &Path, store: &str, fault: &dyn Fn() -> String) {
+    mkfs(c, store);
+    let mnt = work.join(store);
+    let m = RMount::new(c, store, &mnt, "h1", &[]);
     std::fs::create_dir(mnt.join("db")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let w = record_writer(mnt.join("db/log"), stop.clone());
     std::thread::sleep(Duration::from_secs(2));
-    let took = c.restart_monitor();
-    std::thread::sleep(Duration::from_secs(4));
+    let what = fault();
+    std::thread::sleep(Duration::from_secs(8));
     stop.store(true, Ordering::Relaxed);
     let (acked, err) = w.join().unwrap();
-    assert!(err.is_none(), "the writer saw an error: {err:?}");
-    eprintln!(
-        "{acked} records through a monitor restart ({:.1} s until it answered)",
-        took.as_secs_f64()
+    assert!(
+        err.is_none(),
+        "the writer saw an error after {what}: {err:?}"
     );
+    eprintln!("{acked} records through {what}");
     m.umount();
-    fsck_clean(c, "mon");
-    let m = RMount::new(c, "mon", &mnt, "h1", &[]);
+    fsck_clean(c, store);
+    let m = RMount::new(c, store, &mnt, "h1", &[]);
     check_records(&mnt.join("db/log"), acked);
     m.umount();
+}
+
+/// The monitor restarts under an fsync load: no error, every record there.
+fn monitor_restarted(c: &Cluster, work: &Path) {
+    writer_through(c, work, "mon", &|| {
+        let took = c.restart_monitor();
+        format!(
+            "a monitor restart ({:.1} s until it answered)",
+            took.as_secs_f64()
+        )
+    });
 }
 
 /// `scripts/db-postgres.sh --store rados://clonefs/pg`: PostgreSQL on a store in this
@@ -1145,28 +1157,11 @@ fn postgres_on_rados(c: &Cluster) {
 }
 
 fn osd_killed(c: &Cluster, work: &Path) {
-    mkfs(c, "osd");
-    let mnt = work.join("osd");
-    let m = RMount::new(c, "osd", &mnt, "h1", &[]);
-    std::fs::create_dir(mnt.join("db")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = record_writer(mnt.join("db/log"), stop.clone());
-    std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: kill has no memory effects; the pid is this cluster's osd.1.
-    unsafe { libc::kill(c.osd_pid(1), libc::SIGKILL) };
-    std::thread::sleep(Duration::from_secs(8));
-    stop.store(true, Ordering::Relaxed);
-    let (acked, err) = w.join().unwrap();
-    assert!(
-        err.is_none(),
-        "the writer saw an error after an OSD died: {err:?}"
-    );
-    eprintln!("{acked} records through an OSD's death");
-    m.umount();
-    fsck_clean(c, "osd");
-    let m = RMount::new(c, "osd", &mnt, "h1", &[]);
-    check_records(&mnt.join("db/log"), acked);
-    m.umount();
+    writer_through(c, work, "osd", &|| {
+        // SAFETY: kill has no memory effects; the pid is this cluster's osd.1.
+        unsafe { libc::kill(c.osd_pid(1), libc::SIGKILL) };
+        "an OSD's death".to_string()
+    });
 }
 
 fn unreachable(work: &Path) {
