@@ -826,7 +826,11 @@ impl clonefs::store::PageDevice for CutRados {
         self.dev.allocate(start, count)
     }
     fn free(&self, start: u64, count: u64) {
-        self.dev.free(start, count)
+        // A dead host trims nothing: the engine frees pages once it believes the
+        // commit that drops them durable, and after the cut that commit was lost.
+        if !self.cut.load(Ordering::SeqCst) {
+            self.dev.free(start, count)
+        }
     }
     fn sync(&self) -> clonefs::error::Result<()> {
         match self.dropped() {

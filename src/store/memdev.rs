@@ -220,7 +220,24 @@ impl PageDevice for MemDevice {
         Ok(())
     }
 
-    fn free(&self, _start: u64, _count: u64) {}
+    /// A trim, as a store file's hole punch or a RADOS object removal: the pages
+    /// read as zeros at once, durably too, so a page freed while the last durable
+    /// commit still names it shows up at the next open.
+    fn free(&self, start: u64, count: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.cut_image.is_some() {
+            return;
+        }
+        let freed = start..start.saturating_add(count);
+        let inner = &mut *inner;
+        for map in [&mut inner.live, &mut inner.durable] {
+            match count as usize <= map.len() {
+                true => freed.clone().for_each(|p| drop(map.remove(&p))),
+                false => map.retain(|p, _| !freed.contains(p)),
+            }
+        }
+        inner.dirty.retain(|p| !freed.contains(p));
+    }
 
     fn sync(&self) -> Result<()> {
         let mut inner = self.inner.lock().unwrap();
