@@ -88,6 +88,11 @@ enum Cmd {
         /// then shows at fsync or close, not at write
         #[arg(long)]
         writeback_cache: bool,
+        /// Serve requests through /dev/fuse alone. By default, on Linux 6.14+, they
+        /// come over io_uring, one queue per CPU; as root, clonefs turns on the fuse
+        /// module's enable_uring for that (it changes nothing for other FUSE servers)
+        #[arg(long)]
+        no_io_uring: bool,
         /// Log file of the background daemon [default: STORE.log]
         #[arg(long)]
         log: Option<PathBuf>,
@@ -328,6 +333,7 @@ fn main() -> ExitCode {
             threads,
             allow_other,
             writeback_cache,
+            no_io_uring,
             log,
             listen,
         } => cli::mount::mount(
@@ -340,6 +346,7 @@ fn main() -> ExitCode {
                 allow_other,
                 writeback_cache,
                 cluster,
+                no_io_uring,
             },
             listen,
         ),

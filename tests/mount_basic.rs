@@ -300,3 +300,99 @@ fn delete_store_asks_for_yes_and_refuses_a_served_store_or_another_file() {
     assert!(out.contains("(2 clusters)"), "{out}");
     assert!(!m.store.exists());
 }
+
+/// Voluntary context switches of the daemon's threads, by thread name.
+fn thread_switches(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = fs::read_to_string(t.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        out.push((name.trim().to_string(), switches));
+    }
+    out
+}
+
+/// The switches of the threads whose names start with `prefix`, summed.
+fn switches_of(pid: u32, prefix: &str) -> u64 {
+    thread_switches(pid)
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(_, s)| s)
+        .sum()
+}
+
+/// Creates, writes, reads back and lists 300 files: a few requests each.
+fn small_file_work(m: &Mounted, dir: &str) {
+    fs::create_dir(m.path(dir)).unwrap();
+    for i in 0..300 {
+        fs::write(m.path(&format!("{dir}/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    for i in 0..300 {
+        let got = fs::read_to_string(m.path(&format!("{dir}/f{i}"))).unwrap();
+        assert_eq!(got, format!("file {i}\n"));
+    }
+    assert_eq!(fs::read_dir(m.path(dir)).unwrap().count(), 300);
+}
+
+#[test]
+fn requests_come_over_io_uring_with_a_queue_per_cpu() {
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let Some(m) = Mounted::new() else { return };
+    let pid = m.pid();
+    // SAFETY: sysconf has no memory effects.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) } as usize;
+    let names: Vec<String> = thread_switches(pid).into_iter().map(|(n, _)| n).collect();
+    for q in 0..cpus {
+        assert!(
+            names.contains(&format!("fuser-ring-{q}")),
+            "no thread for queue {q}: {names:?}"
+        );
+    }
+    let (ring, classic) = (switches_of(pid, "fuser-ring"), switches_of(pid, "fuser-"));
+    fs::create_dir(m.path("prod")).unwrap();
+    small_file_work(&m, "prod/many");
+    let ring_after = switches_of(pid, "fuser-ring");
+    let classic_after = switches_of(pid, "fuser-") - ring_after;
+    // The 900 or so requests came to the queues; the /dev/fuse readers saw only
+    // what stays there (FORGET).
+    assert!(
+        ring_after - ring >= 300,
+        "queues woke {} times",
+        ring_after - ring
+    );
+    assert!(
+        classic_after - (classic - ring) < 100,
+        "/dev/fuse readers woke {} times",
+        classic_after - (classic - ring)
+    );
+    // A clone under way holds its request while another thread finishes it.
+    fs::create_dir(m.path("prod/.clone/copy")).unwrap();
+    assert_eq!(
+        fs::read_to_string(m.path("copy/many/f7")).unwrap(),
+        "file 7\n"
+    );
+}
+
+#[test]
+fn no_io_uring_serves_through_dev_fuse() {
+    let Some(m) = Mounted::with_options("1G", &["--no-io-uring"]) else {
+        return;
+    };
+    let pid = m.pid();
+    fs::create_dir(m.path("prod")).unwrap();
+    small_file_work(&m, "prod/many");
+    let names: Vec<String> = thread_switches(pid).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("fuser-ring")),
+        "{names:?}"
+    );
+    assert!(switches_of(pid, "fuser-") >= 300);
+}

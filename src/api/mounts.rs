@@ -33,6 +33,9 @@ pub struct NewMount {
     /// Must be the daemon's: every mount of a store shares it.
     #[serde(default)]
     pub writeback_cache: bool,
+    /// Serve this mount through /dev/fuse alone, never over io_uring.
+    #[serde(default)]
+    pub no_io_uring: bool,
     /// A TCP listener the new mount asks for: must be the daemon's, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
@@ -133,6 +136,7 @@ pub(super) fn add(ctx: Option<&MountCtx>, b: &[u8]) -> Result<Reply, Reply> {
         allow_other: req.allow_other,
         writeback_cache: req.writeback_cache,
         cluster: req.cluster.clone(),
+        no_io_uring: req.no_io_uring,
     };
     match ctx.sessions.add(point, &mc) {
         Ok(()) => Ok(reply(

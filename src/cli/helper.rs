@@ -10,7 +10,7 @@
 //! mount(8) calls `mount.fuse.clonefs SOURCE DIR [-sfnv] [-N NS] [-o OPTIONS]
 //! [-t fuse.clonefs]`. SOURCE is `STORE` (the whole store) or `STORE#CLUSTER` (one
 //! cluster at DIR); STORE is a store file or `rados://POOL/STORE`. The clonefs
-//! options are `cluster=NAME`, `threads=N`, `allow_other`, `writeback_cache`,
+//! options are `cluster=NAME`, `threads=N`, `allow_other`, `writeback_cache`, `no_io_uring`,
 //! `listen=[ADDR:]PORT` and `log=FILE`, and for a RADOS store `ceph_conf=FILE`,
 //! `ceph_user=NAME`, `ceph_keyring=FILE`, `host=NAME`, `cache=DIR` and
 //! `cache_size=SIZE` (as the mount command's flags; no take-over at boot); the
@@ -195,6 +195,7 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
             }
             ("allow_other", None) => config.allow_other = true,
             ("writeback_cache", None) => config.writeback_cache = true,
+            ("no_io_uring", None) => config.no_io_uring = true,
             ("ro", None) => {
                 return Err(
                     "clonefs mounts read-write only: drop 'ro' (protect a cluster \
@@ -214,7 +215,7 @@ pub fn parse_helper_args(args: &[String]) -> Result<HelperArgs, String> {
             _ => {
                 return Err(format!(
                     "unknown option '{opt}': clonefs takes cluster=NAME, threads=N, \
-                     allow_other, writeback_cache, listen=[ADDR:]PORT, log=FILE, for Ceph \
+                     allow_other, writeback_cache, no_io_uring, listen=[ADDR:]PORT, log=FILE, for Ceph \
                      ceph_conf=FILE, ceph_user=NAME, ceph_keyring=FILE, host=NAME, cache=DIR, \
                      cache_size=SIZE (and the generic rw, defaults, noauto, nofail, _netdev, \
                      user, users, noatime)"

@@ -234,6 +234,7 @@ fn join(
         threads: Some(mc.threads),
         allow_other: mc.allow_other,
         writeback_cache: mc.writeback_cache,
+        no_io_uring: mc.no_io_uring,
         listen: listen.map(|a| a.to_string()),
     };
     let (status, body) =

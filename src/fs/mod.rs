@@ -121,6 +121,8 @@ pub struct CloneFs {
     /// The kernel's writeback cache is on: dirty pages of open files sit in the
     /// kernel until it writes them back, so a clone has them written back first.
     writeback: bool,
+    /// Ask the kernel for FUSE over io_uring at INIT.
+    io_uring: bool,
     /// The notifiers of every mount of this daemon, this one's once its session
     /// exists: how a clone asks the kernel for those pages.
     notifiers: Arc<Notifiers>,
@@ -143,6 +145,7 @@ impl CloneFs {
             zero_open: true,
             next_fh: AtomicU64::new(1),
             writeback: false,
+            io_uring: false,
             notifiers: Arc::default(),
         }
     }

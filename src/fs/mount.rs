@@ -28,6 +28,8 @@ pub struct MountConfig {
     pub writeback_cache: bool,
     /// Show this cluster alone at the mount's root; None: the whole store.
     pub cluster: Option<String>,
+    /// Serve requests through /dev/fuse alone, never over io_uring.
+    pub no_io_uring: bool,
 }
 
 /// The notifiers of every live mount of one volume, by mount point: a clone under
@@ -90,6 +92,7 @@ pub fn mount(
         }
     };
     fs.writeback = mc.writeback_cache;
+    fs.io_uring = !mc.no_io_uring && offer_io_uring();
     fs.notifiers = notifiers.clone();
     let session = Session::new(fs, mountpoint, &config)?;
     // Before any request but INIT is served: `run()` serves them.
@@ -98,6 +101,30 @@ pub fn mount(
         lift_dirty_limits(mountpoint);
     }
     Ok(session)
+}
+
+/// The fuse module's switch for FUSE over io_uring (Linux 6.14+), off by default.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether the kernel will offer FUSE over io_uring at INIT, turning its switch on
+/// if need be (root only). The switch only lets a FUSE server ask for io_uring:
+/// servers that do not ask, as libfuse's do not unless told to, are unchanged.
+fn offer_io_uring() -> bool {
+    match std::fs::read_to_string(ENABLE_URING) {
+        Ok(v) if v.trim() == "Y" => true,
+        Ok(_) => match std::fs::write(ENABLE_URING, "Y") {
+            Ok(()) => {
+                info!("turned on FUSE over io_uring in the kernel ({ENABLE_URING})");
+                true
+            }
+            Err(e) => {
+                info!("FUSE over io_uring is off in the kernel and stays off ({ENABLE_URING}: {e}): requests go through /dev/fuse");
+                false
+            }
+        },
+        // A kernel without it (before 6.14, or built without FUSE_IO_URING).
+        Err(_) => false,
+    }
 }
 
 /// PR_SET_IO_FLUSHER, from linux/prctl.h (the libc crate has it for Android only).
@@ -293,6 +320,11 @@ impl CloneFs {
             // The volume drops setuid/setgid itself, so the kernel need not ask
             // for security.capability before every write.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        // Per-CPU request queues over io_uring (fuser/src/uring.rs): each request is
+        // served on the CPU that made it, with one system call instead of two.
+        if self.io_uring {
+            wanted |= InitFlags::FUSE_OVER_IO_URING;
+        }
         if self.writeback {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -305,8 +337,12 @@ impl CloneFs {
             self.writeback = false;
         }
         self.zero_open = !self.writeback;
+        let transport = match granted.contains(InitFlags::FUSE_OVER_IO_URING) {
+            true => "io_uring",
+            false => "/dev/fuse",
+        };
         info!(
-            "serving {} ({} clusters), kernel FUSE ABI {:?}",
+            "serving {} ({} clusters), kernel FUSE ABI {:?}, requests over {transport}",
             self.vol.path().display(),
             self.vol.cluster_count(),
             config.kernel_abi()
