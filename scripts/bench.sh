@@ -494,12 +494,12 @@ drop_caches() {
   ((can_drop)) && echo 3 >/proc/sys/vm/drop_caches
   return 0
 }
-# cold KIND MNT [STORE]: before a cold read. The clonefs daemon reads its store through a shared
-# mapping, and drop_caches never evicts mapped pages, so a clonefs mount is remounted first.
+# cold KIND MNT [STORE [MOUNT-OPTION...]]: before a cold read. The clonefs daemon reads its store through
+# a shared mapping, and drop_caches never evicts mapped pages, so a clonefs mount is remounted first.
 cold() {
   if [ "$1" = clonefs ]; then
     umount_clonefs "$2"
-    mount_clonefs "$3" "$2"
+    mount_clonefs "$3" "$2" "${@:4}"
   fi
   drop_caches
 }
@@ -887,7 +887,9 @@ fio_job() {
     read -r mib iops <<<"$out"
     if [ "$field" = mib ]; then got[$t]=$mib; else got[$t]=$iops; fi
   done
-  bindfs_fig[$id]=${got[bindfs]:-${bindfs_fig[${id#wb}]:-}}
+  local base=${id#wb}
+  base=${base#dev}
+  bindfs_fig[$id]=${got[bindfs]:-${bindfs_fig[$base]:-}}
   row "$id" "$label" "${got[native]}" bindfs "${bindfs_fig[$id]}" "${got[clonefs]}" "$target" "$spec"
 }
 tb=(--time_based --runtime="$fio_rt")
@@ -919,6 +921,11 @@ section "fio writes again, clonefs remounted with --writeback-cache (the kernel 
 fio_places=(native clonefs)
 for nj in 1 4; do write_rows wb "$nj"; done
 umount_clonefs "$fmnt"
+# And over the previous default transport: /dev/fuse alone, as before FUSE over io_uring.
+mount_clonefs "$fstore" "$fmnt" --no-io-uring
+section "fio writes again, clonefs remounted with --no-io-uring (requests through /dev/fuse alone, the previous default); bindfs: its figure above"
+for nj in 1 4; do write_rows dev "$nj"; done
+umount_clonefs "$fmnt"
 timeout 600 rm -rf "$native/fio" "$bsrc" "$fstore"
 
 # ---- 2. pgbench: data directory native vs on a clonefs cluster --------------------------------
@@ -937,9 +944,10 @@ mount_clonefs "$pstore" "$pmnt"
 timeout 30 mkdir "$pmnt/pg"
 timeout 600 cp -a "$pgn" "$pmnt/pg/data"
 declare -A tps=()
-for t in native clonefs; do
+# clonefs twice: over io_uring (the default), and through /dev/fuse alone (--no-io-uring, the previous default)
+for t in native clonefs dev; do
   if [ "$t" = native ]; then data=$pgn; else data=$pmnt/pg/data; fi
-  cold "$t" "$pmnt" "$pstore"
+  if [ "$t" = dev ]; then cold clonefs "$pmnt" "$pstore" --no-io-uring; else cold "$t" "$pmnt" "$pstore"; fi
   start_server "$t" "$data" "$port"
   say "pgbench -c 4 -j 2 -T $pg_secs on $t"
   timeout $((pg_secs + 300)) pgbench -c 4 -j 2 -T "$pg_secs" -h 127.0.0.1 -p "$port" -U postgres postgres \
@@ -949,6 +957,7 @@ for t in native clonefs; do
 done
 section "pgbench (PostgreSQL $(basename "$(dirname "$pgbin")"), scale $pg_scale, 4 clients, $pg_secs s); native = data directory in $dir, clonefs = on a cluster (a copy of the same files)"
 row pg "pgbench -c 4 -j 2, tps" "${tps[native]}" "" "" "${tps[clonefs]}" ">= 0.7x native" ratio_ge=0.7
+row pgdev "pgbench -c 4 -j 2, tps, --no-io-uring (previous default)" "${tps[native]}" "" "" "${tps[dev]}" "" ""
 umount_clonefs "$pmnt"
 timeout 600 rm -rf "$pgn" "$pstore"
 
@@ -1031,7 +1040,14 @@ else
   timeout 60 "$bin" mkfs "$ftstore" --size 64G >/dev/null
   mount_clonefs "$ftstore" "$ftmnt"
   timeout 30 mkdir "$ftmnt/c"
-  declare -A ftdir=([native]=$work/ft-native [bindfs]=$ftbmnt [clonefs]=$ftmnt/c) ftmount=([bindfs]=$ftbmnt [clonefs]=$ftmnt)
+  # dev: clonefs through /dev/fuse alone (--no-io-uring), the transport before FUSE over io_uring
+  ftdstore=$work/ft-dev.clonefs
+  ftdmnt=$work/ft-dev-mnt
+  timeout 60 "$bin" mkfs "$ftdstore" --size 64G >/dev/null
+  mount_clonefs "$ftdstore" "$ftdmnt" --no-io-uring
+  timeout 30 mkdir "$ftdmnt/c"
+  declare -A ftdir=([native]=$work/ft-native [bindfs]=$ftbmnt [clonefs]=$ftmnt/c [dev]=$ftdmnt/c)
+  declare -A ftmount=([bindfs]=$ftbmnt [clonefs]=$ftmnt [dev]=$ftdmnt)
   ft_perf=0
   command -v perf >/dev/null && timeout 30 perf stat -e fuse:fuse_request_send -- true >/dev/null 2>&1 && ft_perf=1
   # ft_time PLACE CMD...: runs CMD with sh -c; sets ft_ms to its milliseconds and ft_req to the FUSE
@@ -1052,9 +1068,15 @@ else
     e=$(date +%s%N)
     ft_ms=$(((e - s) / 1000000))
   }
-  ft_cold() { if [ "$1" = clonefs ]; then cold clonefs "$ftmnt" "$ftstore"; else drop_caches; fi; }
+  ft_cold() {
+    case $1 in
+      clonefs) cold clonefs "$ftmnt" "$ftstore" ;;
+      dev) cold clonefs "$ftdmnt" "$ftdstore" --no-io-uring ;;
+      *) drop_caches ;;
+    esac
+  }
   declare -A ft=()
-  for t in native bindfs clonefs; do
+  for t in native bindfs clonefs dev; do
     d=${ftdir[$t]}
     say "file tools: tree on $t"
     drop_caches
@@ -1082,7 +1104,7 @@ else
   timeout 600 head -c "$ft_big" /dev/urandom >"$big"
   big_mib=$(($(stat -c %s "$big") >> 20))
   mibs() { python3 -c "print(f'{$big_mib / max($1, 1) * 1000:.0f}')"; }
-  for t in native clonefs; do
+  for t in native clonefs dev; do
     d=${ftdir[$t]}
     say "file tools: $ft_big files on $t"
     drop_caches
@@ -1095,8 +1117,9 @@ else
     timeout 300 rm -f "$d/big" "$d/dd" "$d/head"
   done
   section "file tools (issue 18): a tree of $ft_files files (the toolchain's core docs), ms; native = a directory in $dir, peer = bindfs --multithreaded of another, clonefs = a cluster; reads from a dropped page cache"
-  ft_row() { # ID LABEL KEY TARGET SPEC
+  ft_row() { # ID LABEL KEY TARGET SPEC: the row, then the same through /dev/fuse alone
     row "$1" "$2" "${ft[${3}_native]}" bindfs "${ft[${3}_bindfs]}" "${ft[${3}_clonefs]}" "$4" "$5"
+    row "${1}dev" "  the same, --no-io-uring (previous default)" "${ft[${3}_native]}" bindfs "${ft[${3}_bindfs]}" "${ft[${3}_dev]}" "" ""
   }
   ft_row ftx "tar x + sync, ms" x "<= 2.5x native" ratio_le=2.5
   ft_row ftfind "find, ms" find "" ""
@@ -1109,13 +1132,19 @@ else
     per() { [ -n "$1" ] && python3 -c "print(f'{$1 / $ft_files:.2f}')"; }
     row ftxreq "tar x: FUSE requests per file" "" bindfs "$(per "${ft[xreq_bindfs]}")" "$(per "${ft[xreq_clonefs]}")" "" ""
     row ftgreq "grep -r: FUSE requests per file" "" bindfs "$(per "${ft[greq_bindfs]}")" "$(per "${ft[greq_clonefs]}")" "" ""
+    row ftxreqdev "  tar x, --no-io-uring: FUSE requests per file" "" bindfs "$(per "${ft[xreq_bindfs]}")" "$(per "${ft[xreq_dev]}")" "" ""
   fi
   section "file tools: one $ft_big file, MiB/s; native = a directory in $dir, clonefs = a cluster"
-  row ftcp "cp (from $dir) + sync, MiB/s" "${ft[cp_native]}" "" "" "${ft[cp_clonefs]}" ">= 0.9x native" ratio_ge=0.9
-  row ftdd "dd bs=1M conv=fdatasync, MiB/s" "${ft[dd_native]}" "" "" "${ft[dd_clonefs]}" ">= 0.9x native" ratio_ge=0.9
-  row fthead "head -c (8 KiB writes) + sync, MiB/s" "${ft[head_native]}" "" "" "${ft[head_clonefs]}" ">= 0.8x native" ratio_ge=0.8
+  ft_big_row() { # ID LABEL KEY TARGET SPEC: the row, then the same through /dev/fuse alone
+    row "$1" "$2" "${ft[${3}_native]}" "" "" "${ft[${3}_clonefs]}" "$4" "$5"
+    row "${1}dev" "  the same, --no-io-uring (previous default)" "${ft[${3}_native]}" "" "" "${ft[${3}_dev]}" "" ""
+  }
+  ft_big_row ftcp "cp (from $dir) + sync, MiB/s" cp ">= 0.9x native" ratio_ge=0.9
+  ft_big_row ftdd "dd bs=1M conv=fdatasync, MiB/s" dd ">= 0.9x native" ratio_ge=0.9
+  ft_big_row fthead "head -c (8 KiB writes) + sync, MiB/s" head ">= 0.8x native" ratio_ge=0.8
   umount_clonefs "$ftmnt"
-  timeout 600 rm -rf "$work/ft-native" "$ftbsrc" "$ftstore" "$big" "$ft_tar"
+  umount_clonefs "$ftdmnt"
+  timeout 600 rm -rf "$work/ft-native" "$ftbsrc" "$ftstore" "$ftdstore" "$big" "$ft_tar"
 fi
 
 # ---- 6. engine (in-process, no mount) -------------------------------------------------------------
