@@ -349,12 +349,27 @@ fn requests_come_over_io_uring_with_a_queue_per_cpu() {
     let pid = m.pid();
     // SAFETY: sysconf has no memory effects.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) } as usize;
-    let names: Vec<String> = thread_switches(pid).into_iter().map(|(n, _)| n).collect();
+    // A queue per CPU, served by as many threads as the mount's --threads (4),
+    // started once the kernel answered INIT (so maybe just after the mount returns).
+    let ring_threads = || {
+        let names: Vec<String> = thread_switches(pid).into_iter().map(|(n, _)| n).collect();
+        let n = names
+            .iter()
+            .filter(|n| n.starts_with("fuser-ring-"))
+            .count();
+        (names, n)
+    };
+    let started = std::time::Instant::now();
+    while ring_threads().1 < 4 * cpus && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let names = ring_threads().0;
     for q in 0..cpus {
-        assert!(
-            names.contains(&format!("fuser-ring-{q}")),
-            "no thread for queue {q}: {names:?}"
-        );
+        let serving = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("fuser-ring-{q}.")))
+            .count();
+        assert_eq!(serving, 4, "threads of queue {q}: {names:?}");
     }
     let (ring, classic) = (switches_of(pid, "fuser-ring"), switches_of(pid, "fuser-"));
     fs::create_dir(m.path("prod")).unwrap();

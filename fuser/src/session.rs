@@ -320,7 +320,7 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            match crate::uring::start(&serving, payload) {
+            match crate::uring::start(&serving, payload, n_threads) {
                 Ok(threads) => rings = threads,
                 Err(e) => warn!("FUSE over io_uring not started ({e}): requests go through /dev/fuse"),
             }

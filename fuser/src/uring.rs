@@ -7,18 +7,18 @@
 //! `COMMIT_AND_FETCH` that also waits for the next request. FORGET, INTERRUPT and
 //! notifications stay on `/dev/fuse`, where the classic threads still read.
 //!
-//! Each queue has `DEPTH` slots. A slot is a request header and a payload buffer
-//! registered with the kernel; the kernel writes a request into it and completes the
-//! slot's command, the thread builds the classic request bytes from it (the
-//! in-header, the op header, the payload) so that fuser's parser and dispatch serve
-//! it unchanged, and the reply goes back into the same slot with the next
-//! `COMMIT_AND_FETCH`. A reply may come from another thread later (a file system
-//! may answer asynchronously): that thread only queues the commit and wakes the
-//! queue's thread through an eventfd, for io_uring ties a command to the task that
-//! submits it (its next request arrives as that task's work, and is cancelled when
-//! that task exits), so every command goes in from the queue's own thread.
-//! `fsync` and `fsyncdir` go to a worker, so that a slow flush does not hold up
-//! every other request made on that CPU.
+//! Each queue is served by `threads` threads pinned to its CPU, each with an
+//! io_uring of its own and one slot registered in the queue: a request header and a
+//! payload buffer. The kernel hands a request only to a slot that waits, so a thread
+//! that blocks (a write waiting for a commit, an fsync) holds up no other request,
+//! as with /dev/fuse's reader threads. The thread builds the classic request bytes
+//! from the slot (the in-header, the op header, the payload) so that fuser's parser
+//! and dispatch serve it unchanged, and the reply goes back into the same slot with
+//! the next `COMMIT_AND_FETCH`. A reply may come from another thread later (a file
+//! system may answer asynchronously): that thread only queues the commit and wakes
+//! the slot's thread through an eventfd, for io_uring ties a command to the task
+//! that submits it (its next request arrives as that task's work, and is cancelled
+//! when that task exits), so every command goes in from the slot's own thread.
 
 use std::cell::Cell;
 use std::cell::UnsafeCell;
@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::thread;
 use std::thread::JoinHandle;
 
@@ -54,8 +53,9 @@ use crate::session::SessionEventLoop;
 /// Commands of `IORING_OP_URING_CMD` on `/dev/fuse` (`enum fuse_uring_cmd`).
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// Slots per queue (libfuse's default depth).
-const DEPTH: usize = 8;
+/// Slots per ring: one, so that the kernel never queues a request behind one its
+/// thread is still serving.
+const DEPTH: usize = 1;
 const IN_HEADER: usize = size_of::<abi::fuse_in_header>();
 const OUT_HEADER: usize = size_of::<abi::fuse_out_header>();
 /// `FUSE_URING_OP_IN_OUT_SZ`: room for the op header (`fuse_write_in`, ...).
@@ -130,8 +130,9 @@ impl std::fmt::Debug for Queue {
 }
 
 thread_local! {
-    /// The queue whose thread this is: its replies ride on the thread's next wait.
-    static QUEUE_THREAD: Cell<Option<u16>> = const { Cell::new(None) };
+    /// The ring whose thread this is (its address): its replies ride on the
+    /// thread's next wait.
+    static RING_THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Where a reply goes when the request came over io_uring.
@@ -182,7 +183,7 @@ impl UringSender {
         }
         self.queue
             .push(self.slot, CMD_COMMIT_AND_FETCH, self.commit_id)?;
-        if QUEUE_THREAD.with(|q| q.get()) != Some(self.queue.qid) {
+        if RING_THREAD.with(|r| r.get()) != Arc::as_ptr(&self.queue) as usize {
             // SAFETY: writing 8 bytes from a live u64 to an eventfd this queue owns.
             let n = unsafe {
                 libc::write(self.queue.wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8)
@@ -392,21 +393,23 @@ impl<FS: Filesystem> Serving<FS> {
 pub(crate) fn start<FS: Filesystem>(
     serving: &Serving<FS>,
     payload_size: usize,
+    per_queue: usize,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let n = possible_cpus();
-    let mut threads = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n * per_queue);
     for qid in 0..n {
-        let queue = Arc::new(Queue::new(qid as u16, serving.ch.clone(), payload_size)?);
-        let name = format!("fuser-ring-{qid}");
-        let se = serving.event_loop(name.clone());
-        let slow = serving.event_loop(format!("fuser-sync-{qid}"));
-        threads.push(
-            thread::Builder::new()
-                .name(name)
-                .spawn(move || serve(queue, se, slow))?,
-        );
+        for t in 0..per_queue {
+            let queue = Arc::new(Queue::new(qid as u16, serving.ch.clone(), payload_size)?);
+            let name = format!("fuser-ring-{qid}.{t}");
+            let se = serving.event_loop(name.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name(name)
+                    .spawn(move || serve(queue, se))?,
+            );
+        }
     }
-    info!("FUSE over io_uring: {n} queues of {DEPTH} requests");
+    info!("FUSE over io_uring: {n} queues, {per_queue} threads each");
     Ok(threads)
 }
 
@@ -425,35 +428,9 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Requests that may wait long (a flush to the store): served off the queue's thread.
-fn is_slow(request: &[u8]) -> bool {
-    let opcode = u32::from_ne_bytes(request[4..8].try_into().unwrap());
-    opcode == abi::fuse_opcode::FUSE_FSYNC as u32
-        || opcode == abi::fuse_opcode::FUSE_FSYNCDIR as u32
-}
-
-fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>, slow: SessionEventLoop<FS>) {
+fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) {
     pin_to_cpu(queue.qid as usize);
-    QUEUE_THREAD.with(|q| q.set(Some(queue.qid)));
-    let (to_worker, from_ring) = mpsc::channel::<(Vec<u64>, usize, UringSender)>();
-    let worker = thread::Builder::new()
-        .name(slow.thread_name.clone())
-        .spawn(move || {
-            for (buf, len, sender) in from_ring {
-                // SAFETY: a u64 buffer viewed as its first `len` bytes.
-                let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
-                if let Some(req) = RequestWithSender::new(sender.into(), bytes) {
-                    req.dispatch(&slow);
-                }
-            }
-        });
-    let worker = match worker {
-        Ok(w) => w,
-        Err(e) => {
-            error!("queue {}: no worker thread: {e}", queue.qid);
-            return;
-        }
-    };
+    RING_THREAD.with(|r| r.set(Arc::as_ptr(&queue) as usize));
     let registered = (0..DEPTH).try_for_each(|slot| queue.push(slot, CMD_REGISTER, 0));
     // The slots the kernel holds or this side serves; the thread ends with the last.
     let mut live = match registered.and_then(|_| queue.arm_wake()) {
@@ -486,7 +463,7 @@ fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>, slow: Sess
             }
             let slot = slot as usize;
             match -res {
-                0 => serve_one(&queue, slot, &mut buf, &se, &to_worker),
+                0 => serve_one(&queue, slot, &mut buf, &se),
                 libc::EAGAIN | libc::EINTR => {
                     // Not taken yet (the connection was not initialised): again.
                     if let Err(e) = queue.push(slot, CMD_REGISTER, 0) {
@@ -506,8 +483,6 @@ fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>, slow: Sess
             }
         }
     }
-    drop(to_worker);
-    let _ = worker.join();
     debug!("queue {} ended", queue.qid);
 }
 
@@ -516,7 +491,6 @@ fn serve_one<FS: Filesystem>(
     slot: usize,
     buf: &mut Vec<u64>,
     se: &SessionEventLoop<FS>,
-    to_worker: &mpsc::Sender<(Vec<u64>, usize, UringSender)>,
 ) {
     // SAFETY: the slot's command completed: it is ours until committed.
     let unique = unsafe { (*queue.slots[slot].header.get()).ent.commit_id };
@@ -530,13 +504,6 @@ fn serve_one<FS: Filesystem>(
         error!("queue {}: request {unique} does not parse", queue.qid);
         return sender.fail();
     };
-    if is_slow(bytes) {
-        let len = bytes.len();
-        if let Err(mpsc::SendError((_, _, sender))) = to_worker.send((buf.clone(), len, sender)) {
-            sender.fail();
-        }
-        return;
-    }
     match RequestWithSender::new(sender.clone().into(), bytes) {
         Some(req) => req.dispatch(se),
         None => sender.fail(),
