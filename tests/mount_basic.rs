@@ -339,12 +339,17 @@ fn small_file_work(m: &Mounted, dir: &str) {
     assert_eq!(fs::read_dir(m.path(dir)).unwrap().count(), 300);
 }
 
+/// Held by the tests that look at the transport, for one of them turns io_uring
+/// off in the kernel for a moment.
+static TRANSPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn requests_come_over_io_uring_with_a_queue_per_cpu() {
     if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
         eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
         return;
     }
+    let _held = TRANSPORT.lock().unwrap_or_else(|e| e.into_inner());
     let Some(m) = Mounted::new() else { return };
     let pid = m.pid();
     // SAFETY: sysconf has no memory effects.
@@ -410,4 +415,46 @@ fn no_io_uring_serves_through_dev_fuse() {
         "{names:?}"
     );
     assert!(switches_of(pid, "fuser-") >= 300);
+}
+
+/// Puts kernel.io_uring_disabled back as it was, whatever happens.
+struct IoUringDisabled(String);
+
+impl Drop for IoUringDisabled {
+    fn drop(&mut self) {
+        fs::write("/proc/sys/kernel/io_uring_disabled", &self.0).unwrap();
+    }
+}
+
+#[test]
+fn a_mount_where_io_uring_is_refused_goes_through_dev_fuse() {
+    let knob = "/proc/sys/kernel/io_uring_disabled";
+    let Ok(was) = fs::read_to_string(knob) else {
+        eprintln!("SKIPPED: no {knob}");
+        return;
+    };
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let _held = TRANSPORT.lock().unwrap_or_else(|e| e.into_inner());
+    // The kernel offers io_uring, but no ring can be made: the daemon must say
+    // so at INIT, or the kernel would hold every request for queues never served.
+    let restore = IoUringDisabled(was);
+    fs::write(knob, "2").unwrap();
+    let m = Mounted::new();
+    drop(restore);
+    let Some(m) = m else { return };
+    fs::create_dir(m.path("prod")).unwrap();
+    small_file_work(&m, "prod/many");
+    let names: Vec<String> = thread_switches(m.pid())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("fuser-ring")),
+        "{names:?}"
+    );
+    let log = fs::read_to_string(format!("{}.log", m.store.display())).unwrap();
+    assert!(log.contains("no FUSE over io_uring"), "{log}");
 }

@@ -139,8 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
-    /// With FUSE over io_uring granted at INIT: the payload size of its buffers.
-    uring_payload: Option<usize>,
+    /// With FUSE over io_uring granted at INIT: a ring for each of its threads.
+    uring: Option<Vec<Arc<crate::uring::Queue>>>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -188,7 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
-            uring_payload: None,
+            uring: None,
         };
 
         session.handshake()?;
@@ -217,7 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
-            uring_payload: None,
+            uring: None,
         };
 
         session.handshake()?;
@@ -256,7 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
-            uring_payload,
+            uring,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -313,16 +313,17 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         let mut rings = Vec::new();
-        if let Some(payload) = uring_payload {
+        if let Some(made) = uring {
             let serving = crate::uring::Serving {
                 ch: ring_ch,
                 filesystem: filesystem.clone(),
                 allowed,
                 session_owner,
             };
-            match crate::uring::start(&serving, payload, n_threads) {
+            match crate::uring::start(&serving, made) {
                 Ok(threads) => rings = threads,
-                Err(e) => warn!("FUSE over io_uring not started ({e}): requests go through /dev/fuse"),
+                // The kernel waits for every queue: requests stall until unmount.
+                Err(e) => error!("FUSE over io_uring granted but its threads not started: {e}"),
             }
         }
 
@@ -494,15 +495,24 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
-            let response = init.reply(&config);
-            <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
-                .send_ll(&response);
             let uring = InitFlags::FUSE_OVER_IO_URING;
             if (init.capabilities() & config.requested).contains(uring) {
                 // The kernel's `max_payload_sz`: what the largest request or reply needs.
                 let pages = config.max_pages() as usize * page_size::get();
-                self.uring_payload = Some((config.max_write as usize).max(pages).max(8192));
+                let payload = (config.max_write as usize).max(pages).max(8192);
+                let per_queue = self.config.n_threads.unwrap_or(1);
+                match crate::uring::make_rings(&self.ch, payload, per_queue) {
+                    Ok(rings) => self.uring = Some(rings),
+                    Err(e) => {
+                        let why = "requests go through /dev/fuse";
+                        warn!(target: "fuser::uring", "no FUSE over io_uring ({e}): {why}");
+                        config.requested.remove(uring);
+                    }
+                }
             }
+            let response = init.reply(&config);
+            <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
+                .send_ll(&response);
 
             return Ok(());
         }

@@ -387,29 +387,38 @@ impl<FS: Filesystem> Serving<FS> {
     }
 }
 
-/// Starts a queue and its thread per CPU. The threads end once the kernel ends their
-/// slots (at unmount, or at once if it refuses the registration, when every request
-/// keeps going through `/dev/fuse`).
-pub(crate) fn start<FS: Filesystem>(
-    serving: &Serving<FS>,
+/// The rings of every queue, `per_queue` for each CPU, made before INIT is answered:
+/// once the kernel is told io_uring, it holds every request until each queue has a
+/// slot registered, so a ring that cannot be made must mean no io_uring at all.
+pub(crate) fn make_rings(
+    ch: &Channel,
     payload_size: usize,
     per_queue: usize,
-) -> io::Result<Vec<JoinHandle<()>>> {
+) -> io::Result<Vec<Arc<Queue>>> {
     let n = possible_cpus();
-    let mut threads = Vec::with_capacity(n * per_queue);
-    for qid in 0..n {
-        for t in 0..per_queue {
-            let queue = Arc::new(Queue::new(qid as u16, serving.ch.clone(), payload_size)?);
-            let name = format!("fuser-ring-{qid}.{t}");
-            let se = serving.event_loop(name.clone());
-            threads.push(
-                thread::Builder::new()
-                    .name(name)
-                    .spawn(move || serve(queue, se))?,
-            );
-        }
+    (0..n * per_queue)
+        .map(|i| Queue::new((i / per_queue) as u16, ch.clone(), payload_size).map(Arc::new))
+        .collect()
+}
+
+/// Starts a thread for each ring. The threads end once the kernel ends their slots
+/// (at unmount, or at once if it refuses the registration, when every request keeps
+/// going through `/dev/fuse`).
+pub(crate) fn start<FS: Filesystem>(
+    serving: &Serving<FS>,
+    rings: Vec<Arc<Queue>>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(rings.len());
+    for (i, queue) in rings.into_iter().enumerate() {
+        let name = format!("fuser-ring-{}.{i}", queue.qid);
+        let se = serving.event_loop(name.clone());
+        threads.push(
+            thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(queue, se))?,
+        );
     }
-    info!("FUSE over io_uring: {n} queues, {per_queue} threads each");
+    info!("FUSE over io_uring: {} threads", threads.len());
     Ok(threads)
 }
 

@@ -337,12 +337,13 @@ impl CloneFs {
             self.writeback = false;
         }
         self.zero_open = !self.writeback;
+        // fuser says whether the rings were made (fuser::uring in the log).
         let transport = match granted.contains(InitFlags::FUSE_OVER_IO_URING) {
-            true => "io_uring",
-            false => "/dev/fuse",
+            true => "FUSE over io_uring offered",
+            false => "requests through /dev/fuse",
         };
         info!(
-            "serving {} ({} clusters), kernel FUSE ABI {:?}, requests over {transport}",
+            "serving {} ({} clusters), kernel FUSE ABI {:?}, {transport}",
             self.vol.path().display(),
             self.vol.cluster_count(),
             config.kernel_abi()
