@@ -53,9 +53,11 @@ use crate::session::SessionEventLoop;
 /// Commands of `IORING_OP_URING_CMD` on `/dev/fuse` (`enum fuse_uring_cmd`).
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// Slots per ring: one, so that the kernel never queues a request behind one its
-/// thread is still serving.
-const DEPTH: usize = 1;
+/// Slots per ring. One waits for a request at a time, so that the kernel never
+/// queues a request behind one its thread is still serving; another is registered
+/// each time a request is left for a later reply (a clone that first has the kernel
+/// write back dirty pages, whose WRITEs need a slot while the clone's holds its own).
+const DEPTH: usize = 4;
 const IN_HEADER: usize = size_of::<abi::fuse_in_header>();
 const OUT_HEADER: usize = size_of::<abi::fuse_out_header>();
 /// `FUSE_URING_OP_IN_OUT_SZ`: room for the op header (`fuse_write_in`, ...).
@@ -440,10 +442,12 @@ fn pin_to_cpu(cpu: usize) {
 fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) {
     pin_to_cpu(queue.qid as usize);
     RING_THREAD.with(|r| r.set(Arc::as_ptr(&queue) as usize));
-    let registered = (0..DEPTH).try_for_each(|slot| queue.push(slot, CMD_REGISTER, 0));
+    let registered = queue.push(0, CMD_REGISTER, 0);
+    // Slots not yet registered: the next one goes in when a reply is left for later.
+    let mut spare = 1..DEPTH;
     // The slots the kernel holds or this side serves; the thread ends with the last.
     let mut live = match registered.and_then(|_| queue.arm_wake()) {
-        Ok(()) => DEPTH,
+        Ok(()) => 1,
         Err(e) => {
             error!("queue {}: {e}", queue.qid);
             0
@@ -472,7 +476,16 @@ fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) {
             }
             let slot = slot as usize;
             match -res {
-                0 => serve_one(&queue, slot, &mut buf, &se),
+                0 => {
+                    serve_one(&queue, slot, &mut buf, &se);
+                    let answered = queue.slots[slot].awaiting.load(Ordering::Acquire) == 0;
+                    if !answered && let Some(next) = spare.next() {
+                        match queue.push(next, CMD_REGISTER, 0) {
+                            Ok(()) => live += 1,
+                            Err(e) => error!("queue {}: {e}", queue.qid),
+                        }
+                    }
+                }
                 libc::EAGAIN | libc::EINTR => {
                     // Not taken yet (the connection was not initialised): again.
                     if let Err(e) = queue.push(slot, CMD_REGISTER, 0) {
