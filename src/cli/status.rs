@@ -5,7 +5,7 @@
 //! daemon wrote; the table is for people and may change.
 
 use super::{absolute, human, init_logger, print_out, read_status, CliResult};
-use clonefs::status::StatusDoc;
+use clonefs::status::{ClusterView, StatusDoc, StatusView};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,7 +33,7 @@ fn local_time(secs: i64) -> String {
 }
 
 /// A cluster's restore window for the table: "N since TIME", "off" or "none yet".
-fn restore_cell(c: &clonefs::status::ClusterStatus) -> Cow<'static, str> {
+fn restore_cell(c: &ClusterView) -> Cow<'static, str> {
     if c.retention_secs == 0 {
         return Cow::Borrowed("off");
     }
@@ -50,7 +50,7 @@ fn restore_cell(c: &clonefs::status::ClusterStatus) -> Cow<'static, str> {
 }
 
 /// The status document as a table.
-fn status_table(doc: &StatusDoc) -> String {
+fn status_table(doc: &StatusView) -> String {
     const HEAD: [&str; 9] = [
         "NAME",
         "PARENT",
@@ -88,7 +88,7 @@ fn status_table(doc: &StatusDoc) -> String {
         });
         let name = match c.protected {
             true => Cow::Owned(format!("{} (protected)", c.name)),
-            false => Cow::Borrowed(c.name.as_str()),
+            false => Cow::Borrowed(c.name.as_ref()),
         };
         let size = |n: u64| Cow::Borrowed(sizes[&n].as_str());
         rows.push([
@@ -185,6 +185,16 @@ pub fn parse_status(text: &str) -> Result<StatusDoc, String> {
     })
 }
 
+/// [`parse_status`], borrowing the document's strings from `text` (for the table:
+/// 10,000 clusters are 20,000 names not copied). It takes and refuses the texts
+/// [`parse_status`] does; a refusal says what [`parse_status`] says.
+fn parse_view(text: &str) -> Result<StatusView<'_>, String> {
+    StatusView::from_json(text).map_err(|e| match parse_status(text) {
+        Err(why) => why,
+        Ok(_) => format!("the status document is malformed: {e}"),
+    })
+}
+
 pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
     init_logger("warn");
     let mnt = absolute(mountpoint)?;
@@ -192,7 +202,7 @@ pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
     let text = if as_json {
         doc
     } else {
-        status_table(&parse_status(&doc)?)
+        status_table(&parse_view(&doc)?)
     };
     print_out(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -213,7 +223,8 @@ mod tests {
         let v = parse_status(doc).unwrap();
         assert_eq!(v.pid, 42);
         assert_eq!(v.store, "/s \"q\"");
-        let table = status_table(&v);
+        let table = status_table(&v.view());
+        assert_eq!(table, status_table(&parse_view(doc).unwrap()));
         assert!(table.starts_with("NAME"), "{table}");
         assert!(table.contains("prod"), "{table}");
         assert!(table.contains("64.0M"), "{table}");
@@ -228,9 +239,9 @@ mod tests {
         let mut measured = v.clone();
         measured.space_generation = Some(7);
         measured.space_as_of = Some("2026-12-01T02:00:00Z".into());
-        assert!(status_table(&measured).contains("(commit 7)"));
+        assert!(status_table(&measured.view()).contains("(commit 7)"));
         measured.space_current = true;
-        assert!(!status_table(&measured).contains("space per cluster"));
+        assert!(!status_table(&measured.view()).contains("space per cluster"));
         assert!(parse_status("{\"a\": }").unwrap_err().contains("not JSON"));
         assert!(parse_status("[1, 2] x").is_err());
         assert!(parse_status("{\"pid\": 1}")
@@ -238,5 +249,9 @@ mod tests {
             .contains("malformed"));
         let escaped = doc.replace("\"prod\"", "\"\\u00e9\"");
         assert_eq!(parse_status(&escaped).unwrap().clusters[0].name, "é");
+        assert_eq!(parse_view(&escaped).unwrap().clusters[0].name, "é");
+        for bad in ["{\"a\": }", "[1, 2] x", "{\"pid\": 1}", "[]", "null"] {
+            assert_eq!(parse_view(bad).unwrap_err(), parse_status(bad).unwrap_err());
+        }
     }
 }
