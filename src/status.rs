@@ -10,10 +10,10 @@
 //! bytes of store pages, and `created` is in seconds since the Unix epoch.
 
 use crate::error::Result;
-use crate::volume::{ClusterInfo, ClusterSpace, Volume};
+use crate::store::StoreSpace;
+use crate::volume::{ClusterSpace, ClusterSummary, SpaceReport, Volume};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The store a daemon serves, and its clusters.
@@ -190,46 +190,26 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-impl ClusterStatus {
-    /// A cluster's entry; `space` from [`Volume::space_report`] (None: not measured, zeros).
-    pub fn of(cl: ClusterInfo, space: Option<&ClusterSpace>) -> ClusterStatus {
-        ClusterStatus {
-            id: cl.id.0,
-            parent: cl.parent,
-            created: unix_secs(cl.created),
-            logical: space.map_or(0, |s| s.logical),
-            shared: space.map_or(0, |s| s.shared),
-            unique: space.map_or(0, |s| s.unique),
-            restore_only: space.map_or(0, |s| s.restore_only),
-            protected: cl.protected,
-            expires_at: cl.expires_at.map(rfc3339),
-            retention_secs: cl.retention.as_secs(),
-            restore_points: cl.restore_points.len(),
-            earliest_restorable: cl.restore_points.first().copied().map(rfc3339),
-            name: cl.name,
-        }
-    }
+/// What a status document states, taken from a volume at one moment; the document
+/// is a view of it ([`StatusSnapshot::view`]). Taking it copies no name: 10,000
+/// clusters are 10,000 shared references, and their entries borrow from them.
+pub struct StatusSnapshot {
+    store: String,
+    pid: u32,
+    space: StoreSpace,
+    report: Option<SpaceReport>,
+    clusters: Vec<ClusterSummary>,
+    mounts: Vec<MountStatus>,
 }
 
-impl StatusDoc {
-    /// The document for `vol`, served by this process. Its space figures are the
-    /// latest of the volume's background walk ([`Volume::space_report`]): asking
-    /// costs no walk and holds no writer up, whatever the store holds.
-    pub fn of(vol: &Volume) -> Result<StatusDoc> {
+impl StatusSnapshot {
+    /// The state of `vol`, served by this process. Its space figures are the latest
+    /// of the volume's background walk ([`Volume::space_report`]): asking costs no
+    /// walk and holds no writer up, whatever the store holds.
+    pub fn take(vol: &Volume) -> Result<StatusSnapshot> {
         let space = vol.statfs();
         let report = vol.space_report(SPACE_WAIT);
-        let sizes: HashMap<&str, &ClusterSpace> = report
-            .as_ref()
-            .map(|r| r.clusters.iter().map(|s| (s.name.as_str(), s)).collect())
-            .unwrap_or_default();
-        let clusters = vol
-            .clusters()
-            .into_iter()
-            .map(|cl| {
-                let space = sizes.get(cl.name.as_str()).copied();
-                ClusterStatus::of(cl, space)
-            })
-            .collect();
+        let clusters = vol.cluster_summaries();
         let mounts = vol
             .mount_points()
             .into_iter()
@@ -240,19 +220,101 @@ impl StatusDoc {
                     .map(|c| vol.cluster_info(c).map_or_else(|_| "?".into(), |i| i.name)),
             })
             .collect();
-        Ok(StatusDoc {
+        Ok(StatusSnapshot {
             store: vol.path().display().to_string(),
             pid: std::process::id(),
-            page_size: space.page_size,
-            capacity: space.capacity,
-            used: space.used,
-            free: space.free,
-            space_generation: report.as_ref().map(|r| r.generation),
-            space_as_of: report.as_ref().map(|r| rfc3339(r.as_of)),
-            space_current: report.is_some_and(|r| r.current),
+            space,
+            report,
             clusters,
             mounts,
         })
+    }
+
+    /// The document.
+    pub fn view(&self) -> StatusView<'_> {
+        let report = self.report.as_ref();
+        // Clusters and their figures are both sorted by name: a walk along the
+        // figures finds each cluster's (or passes where it has none).
+        let mut figures = report
+            .map_or(&[][..], |r| &r.clusters[..])
+            .iter()
+            .peekable();
+        let mut figures_of = |name: &str| {
+            while figures.next_if(|s| s.name.as_str() < name).is_some() {}
+            figures.next_if(|s| s.name == name)
+        };
+        StatusView {
+            store: Cow::Borrowed(&self.store),
+            pid: self.pid,
+            page_size: self.space.page_size,
+            capacity: self.space.capacity,
+            used: self.space.used,
+            free: self.space.free,
+            space_generation: report.map(|r| r.generation),
+            space_as_of: report.map(|r| Cow::Owned(rfc3339(r.as_of))),
+            space_current: report.is_some_and(|r| r.current),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|c| ClusterView::of(c, figures_of(c.name())))
+                .collect(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| MountView {
+                    mountpoint: Cow::Borrowed(&m.mountpoint),
+                    cluster: m.cluster.as_deref().map(Cow::Borrowed),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<'a> ClusterView<'a> {
+    /// A cluster's entry; `space` from [`Volume::space_report`] (None: not measured, zeros).
+    pub fn of(cl: &'a ClusterSummary, space: Option<&ClusterSpace>) -> ClusterView<'a> {
+        ClusterView {
+            name: Cow::Borrowed(cl.name()),
+            id: cl.id().0,
+            parent: cl.parent().map(Cow::Borrowed),
+            created: unix_secs(cl.created()),
+            logical: space.map_or(0, |s| s.logical),
+            shared: space.map_or(0, |s| s.shared),
+            unique: space.map_or(0, |s| s.unique),
+            restore_only: space.map_or(0, |s| s.restore_only),
+            protected: cl.protected,
+            expires_at: cl.expires_at.map(|t| Cow::Owned(rfc3339(t))),
+            retention_secs: cl.retention.as_secs(),
+            restore_points: cl.restore_points,
+            earliest_restorable: cl.earliest_point.map(|t| Cow::Owned(rfc3339(t))),
+        }
+    }
+
+    /// The entry with its strings its own.
+    pub fn to_status(&self) -> ClusterStatus {
+        let own = |s: &Option<Cow<str>>| s.as_deref().map(String::from);
+        ClusterStatus {
+            name: self.name.to_string(),
+            id: self.id,
+            parent: own(&self.parent),
+            created: self.created,
+            logical: self.logical,
+            shared: self.shared,
+            unique: self.unique,
+            restore_only: self.restore_only,
+            protected: self.protected,
+            expires_at: own(&self.expires_at),
+            retention_secs: self.retention_secs,
+            restore_points: self.restore_points,
+            earliest_restorable: own(&self.earliest_restorable),
+        }
+    }
+}
+
+impl StatusDoc {
+    /// The document for `vol` (see [`StatusSnapshot::take`]), its strings its own.
+    pub fn of(vol: &Volume) -> Result<StatusDoc> {
+        Ok(StatusSnapshot::take(vol)?.view().to_doc())
     }
 
     /// Compact JSON ending in a newline, as the status file and `status --json` show
@@ -319,9 +381,41 @@ impl ClusterStatus {
 impl<'a> StatusView<'a> {
     /// As [`StatusDoc::to_json`].
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string(self).expect("a StatusView always serializes");
-        s.push('\n');
-        s
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// [`StatusView::to_json`], appended to `out` (a daemon writes a document of
+    /// 10,000 clusters into a buffer the size of the last one, not one that doubles
+    /// its way up to 2 MB).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, self).expect("a StatusView always serializes");
+        out.push(b'\n');
+    }
+
+    /// The document with its strings its own.
+    pub fn to_doc(&self) -> StatusDoc {
+        StatusDoc {
+            store: self.store.to_string(),
+            pid: self.pid,
+            page_size: self.page_size,
+            capacity: self.capacity,
+            used: self.used,
+            free: self.free,
+            space_generation: self.space_generation,
+            space_as_of: self.space_as_of.as_deref().map(String::from),
+            space_current: self.space_current,
+            clusters: self.clusters.iter().map(ClusterView::to_status).collect(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| MountStatus {
+                    mountpoint: m.mountpoint.to_string(),
+                    cluster: m.cluster.as_deref().map(String::from),
+                })
+                .collect(),
+        }
     }
 
     /// Reads a document, borrowing its strings from `text`.
@@ -340,7 +434,7 @@ fn unix_secs(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::NewInode;
+    use crate::volume::{Ino, Kind, NewInode};
 
     #[test]
     fn status_lists_clusters_with_lineage() {
@@ -360,6 +454,42 @@ mod tests {
         assert_eq!(
             StatusDoc::from_json(&doc).unwrap(),
             StatusDoc::of(&vol).unwrap()
+        );
+    }
+
+    #[test]
+    fn each_cluster_has_its_own_figures_and_one_made_since_the_walk_has_zeros() {
+        let (vol, _dev) = Volume::in_memory(4096, 1024).unwrap();
+        let who = NewInode::dir_of_this_process();
+        for (k, name) in ["b", "d", "f", "h"].into_iter().enumerate() {
+            let c = vol.create_cluster(name, who).unwrap().id;
+            let f = vol
+                .mknod(c, Ino::ROOT, b"f", Kind::File, who, 0)
+                .unwrap()
+                .ino;
+            vol.write(c, f, 0, &vec![1; 4096 * (1 + 3 * k)]).unwrap();
+        }
+        vol.delete_cluster("d").unwrap();
+        vol.clone_cluster("f", "a").unwrap();
+        vol.clone_cluster("f", "e").unwrap();
+        vol.clone_cluster("f", "i").unwrap();
+        let snapshot = StatusSnapshot::take(&vol).unwrap();
+        let view = snapshot.view();
+        // The figures the snapshot took: of the last commit, before the clones.
+        let report = vol.space_report(Duration::ZERO).unwrap();
+        assert_eq!(report.generation, view.space_generation.unwrap());
+        let names: Vec<&str> = view.clusters.iter().map(|c| c.name.as_ref()).collect();
+        assert_eq!(names, ["a", "b", "e", "f", "h", "i"]);
+        for c in &view.clusters {
+            let space = report.of_cluster(&c.name);
+            assert_eq!(c.logical, space.map_or(0, |s| s.logical), "{}", c.name);
+            assert_eq!(c.unique, space.map_or(0, |s| s.unique), "{}", c.name);
+            assert_eq!(space.is_none(), ["a", "e", "i"].contains(&c.name.as_ref()));
+        }
+        let logical: Vec<u64> = view.clusters.iter().map(|c| c.logical).collect();
+        assert!(
+            logical[1] < logical[3] && logical[3] < logical[4],
+            "{logical:?}"
         );
     }
 
