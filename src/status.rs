@@ -6,6 +6,10 @@
 //! and scripts read `clonefs status --json` as is. Field names and meanings are
 //! therefore an interface: add fields, never rename or repurpose one.
 //!
+//! The daemon and `clonefs status` handle it as a [`StatusView`]: the same document
+//! with its strings borrowed, held to [`StatusDoc`]'s JSON by the tests below (a
+//! store of 10,000 clusters must show its status in under 50 ms).
+//!
 //! A document is a snapshot taken when the status file is opened; every size is in
 //! bytes of store pages, and `created` is in seconds since the Unix epoch.
 
