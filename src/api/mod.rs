@@ -16,7 +16,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/clusters` | the store and every cluster ([`StatusDoc`]) |
+//! | GET | `/clusters` | the store and every cluster ([`StatusDoc`](crate::status::StatusDoc)) |
 //! | POST | `/clusters` | `{"name"}`: a new, empty cluster |
 //! | GET | `/clusters/NAME` | one cluster |
 //! | PATCH | `/clusters/NAME` | `{"protected"?, "expires_at"?, "retention"?}` |
@@ -44,7 +44,7 @@ pub use server::{
 };
 
 use crate::error::Error;
-use crate::status::{rfc3339, ClusterStatus, StatusDoc};
+use crate::status::{rfc3339, ClusterStatus, ClusterView, StatusSnapshot};
 use crate::volume::{parse_duration, parse_time, CloneOptions, Event, ResetTo, Volume};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -249,20 +249,18 @@ fn time_field(field: &str, s: &str) -> Result<SystemTime, Reply> {
 }
 
 fn cluster_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
-    let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
+    let cl = vol.cluster_summary(name).map_err(|e| failed(name, e))?;
     let report = vol.space_report(crate::status::SPACE_WAIT);
-    let space = report
-        .as_ref()
-        .and_then(|r| r.clusters.iter().find(|s| s.name == name));
-    Ok(ClusterStatus::of(info, space))
+    let space = report.as_ref().and_then(|r| r.of_cluster(name));
+    Ok(ClusterView::of(&cl, space).to_status())
 }
 
 /// A cluster's entry in the reply to a change (create, clone, reset, patch): its
 /// lineage and settings, its space figures zero (the change is not yet in any
 /// commit the space walker has measured). GET of the cluster gives them.
 fn changed_doc(vol: &Volume, name: &str) -> Result<ClusterStatus, Reply> {
-    let info = vol.cluster_by_name(name).map_err(|e| failed(name, e))?;
-    Ok(ClusterStatus::of(info, None))
+    let cl = vol.cluster_summary(name).map_err(|e| failed(name, e))?;
+    Ok(ClusterView::of(&cl, None).to_status())
 }
 
 /// Serves one request: `url` is the path (with any query), `body` the bytes read.
@@ -288,8 +286,8 @@ pub fn handle_with(
     };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let r = match (method, segs.as_slice()) {
-        ("GET", ["clusters"]) => StatusDoc::of(vol)
-            .map(|d| reply(200, &d))
+        ("GET", ["clusters"]) => StatusSnapshot::take(vol)
+            .map(|s| reply(200, &s.view()))
             .map_err(|e| failed("", e)),
         ("POST", ["clusters"]) => create(vol, body_bytes),
         ("GET", ["clusters", name]) => cluster_doc(vol, name).map(|c| reply(200, &c)),

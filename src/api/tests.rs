@@ -1,6 +1,7 @@
 //! The API's routes, called as the listener calls them, and once over a real socket.
 
 use super::*;
+use crate::status::StatusDoc;
 use crate::volume::NewInode;
 use crate::volume::{parse_duration, parse_time};
 use std::collections::BTreeSet;

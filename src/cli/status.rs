@@ -5,9 +5,10 @@
 //! daemon wrote; the table is for people and may change.
 
 use super::{absolute, human, init_logger, print_out, read_status, CliResult};
-use clonefs::status::StatusDoc;
+use clonefs::status::{ClusterView, StatusDoc, StatusView};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -32,25 +33,108 @@ fn local_time(secs: i64) -> String {
     )
 }
 
-/// A cluster's restore window for the table: "N since TIME", "off" or "none yet".
-fn restore_cell(c: &clonefs::status::ClusterStatus) -> Cow<'static, str> {
-    if c.retention_secs == 0 {
-        return Cow::Borrowed("off");
-    }
-    match &c.earliest_restorable {
-        None => Cow::Borrowed("none yet"),
-        Some(t) => {
-            let secs = humantime::parse_rfc3339_weak(t)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64);
-            Cow::Owned(format!("{} since {}", c.restore_points, local_time(secs)))
+/// Seconds since the epoch of an RFC 3339 time from the document, if it is one.
+fn unix_secs(t: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(t)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+}
+
+/// Hashes the table's integer keys (times, sizes) with a multiply: SipHash, made
+/// to resist keys chosen by an attacker, was a sixth of a 10,000-cluster status,
+/// and these keys are the daemon's figures.
+type IntHash = BuildHasherDefault<IntHasher>;
+
+#[derive(Default)]
+struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b.into());
         }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The table takes its low bits: fold the well-mixed high ones in (sizes are
+        // multiples of the page size, and the product's low bits only see the key's).
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+/// Local times and sizes as the table shows them, each formatted once: thousands
+/// of clones share their creation second, their sizes and the start of their
+/// restore window (a table of 10,000 clusters was 40 ms of allocations when every
+/// cell was a String of its own).
+#[derive(Default)]
+struct Formatted {
+    times: HashMap<i64, String, IntHash>,
+    sizes: HashMap<u64, String, IntHash>,
+}
+
+impl Formatted {
+    fn of(doc: &StatusView) -> Formatted {
+        let mut f = Formatted::default();
+        for c in &doc.clusters {
+            let window = c
+                .earliest_restorable
+                .as_deref()
+                .map(|t| unix_secs(t).unwrap_or(0));
+            for t in std::iter::once(c.created).chain(window) {
+                f.times.entry(t).or_insert_with(|| local_time(t));
+            }
+            for n in [c.logical, c.shared, c.unique, c.restore_only] {
+                f.sizes.entry(n).or_insert_with(|| human(n));
+            }
+        }
+        f
+    }
+
+    /// A cluster's row.
+    fn cells<'a>(&'a self, c: &'a ClusterView) -> [Cow<'a, str>; 9] {
+        let size = |n: u64| Cow::Borrowed(self.sizes[&n].as_str());
+        let name = match c.protected {
+            true => Cow::Owned(format!("{} (protected)", c.name)),
+            false => Cow::Borrowed(c.name.as_ref()),
+        };
+        // Its restore window: "N since TIME", "off" or "none yet".
+        let window = match (c.retention_secs, &c.earliest_restorable) {
+            (0, _) => Cow::Borrowed("off"),
+            (_, None) => Cow::Borrowed("none yet"),
+            (_, Some(t)) => {
+                let since = &self.times[&unix_secs(t).unwrap_or(0)];
+                Cow::Owned(format!("{} since {since}", c.restore_points))
+            }
+        };
+        let expires = match c.expires_at.as_deref() {
+            None => Cow::Borrowed("-"),
+            Some(t) => Cow::Owned(unix_secs(t).map_or(t.to_string(), local_time)),
+        };
+        [
+            name,
+            Cow::Borrowed(c.parent.as_deref().unwrap_or("-")),
+            Cow::Borrowed(self.times[&c.created].as_str()),
+            size(c.logical),
+            size(c.shared),
+            size(c.unique),
+            size(c.restore_only),
+            window,
+            expires,
+        ]
     }
 }
 
 /// The status document as a table.
-fn status_table(doc: &StatusDoc) -> String {
+fn status_table(doc: &StatusView) -> String {
     const HEAD: [&str; 9] = [
         "NAME",
         "PARENT",
@@ -62,55 +146,21 @@ fn status_table(doc: &StatusDoc) -> String {
         "RESTORE POINTS",
         "EXPIRES",
     ];
-    // Thousands of clones share their creation second and their sizes: each
-    // distinct one is formatted once, and the rows borrow them (a table of 10,000
-    // clusters was 40 ms of allocations when every cell was a String of its own).
-    let mut times: HashMap<i64, String> = HashMap::new();
-    let mut sizes: HashMap<u64, String> = HashMap::new();
-    for c in &doc.clusters {
-        times
-            .entry(c.created)
-            .or_insert_with(|| local_time(c.created));
-        for n in [c.logical, c.shared, c.unique, c.restore_only] {
-            sizes.entry(n).or_insert_with(|| human(n));
-        }
-    }
-    let mut rows: Vec<[Cow<str>; 9]> = Vec::with_capacity(doc.clusters.len() + 1);
-    rows.push(HEAD.map(Cow::Borrowed));
-    for c in &doc.clusters {
-        let expires = c.expires_at.as_deref().map_or(Cow::Borrowed("-"), |t| {
-            Cow::Owned(
-                humantime::parse_rfc3339_weak(t)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(t.to_string(), |d| local_time(d.as_secs() as i64)),
-            )
-        });
-        let name = match c.protected {
-            true => Cow::Owned(format!("{} (protected)", c.name)),
-            false => Cow::Borrowed(c.name.as_str()),
-        };
-        let size = |n: u64| Cow::Borrowed(sizes[&n].as_str());
-        rows.push([
-            name,
-            Cow::Borrowed(c.parent.as_deref().unwrap_or("-")),
-            Cow::Borrowed(times[&c.created].as_str()),
-            size(c.logical),
-            size(c.shared),
-            size(c.unique),
-            size(c.restore_only),
-            restore_cell(c),
-            expires,
-        ]);
-    }
+    let formatted = Formatted::of(doc);
+    // The rows are made twice, for the widths and then for the text, rather than
+    // kept: 10,000 rows of cells were 2 MB to fill and free, the owned cells few.
+    let rows = || {
+        std::iter::once(HEAD.map(Cow::Borrowed))
+            .chain(doc.clusters.iter().map(|c| formatted.cells(c)))
+    };
     // Cells are ASCII but for names and dates in other scripts: count those by char.
     let width = |cell: &str| match cell.is_ascii() {
         true => cell.len(),
         false => cell.chars().count(),
     };
     let mut widths = [0usize; 9];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
+    for r in rows() {
+        for (w, cell) in widths.iter_mut().zip(&r) {
             *w = (*w).max(width(cell));
         }
     }
@@ -125,8 +175,8 @@ fn status_table(doc: &StatusDoc) -> String {
     // One string for the whole table, cells padded by hand: a store with 10,000
     // clusters prints in a few milliseconds.
     let line: usize = widths.iter().map(|w| w + 2).sum();
-    let mut out = String::with_capacity((rows.len() + 3) * line);
-    for r in &rows {
+    let mut out = String::with_capacity((doc.clusters.len() + 4) * line);
+    for r in rows() {
         let start = out.len();
         for (i, cell) in r.iter().enumerate() {
             let n = widths[i] - width(cell);
@@ -156,10 +206,7 @@ fn status_table(doc: &StatusDoc) -> String {
         ),
         (Some(_), true) => {}
         (Some(t), false) => {
-            let secs = humantime::parse_rfc3339_weak(t)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64);
+            let secs = unix_secs(t).unwrap_or(0);
             out.push_str(&format!(
                 "space per cluster: as of {} (commit {}); later changes are measured in the background\n",
                 local_time(secs),
@@ -185,6 +232,16 @@ pub fn parse_status(text: &str) -> Result<StatusDoc, String> {
     })
 }
 
+/// [`parse_status`], borrowing the document's strings from `text` (for the table:
+/// 10,000 clusters are 20,000 names not copied). It takes and refuses the texts
+/// [`parse_status`] does; a refusal says what [`parse_status`] says.
+fn parse_view(text: &str) -> Result<StatusView<'_>, String> {
+    StatusView::from_json(text).map_err(|e| match parse_status(text) {
+        Err(why) => why,
+        Ok(_) => format!("the status document is malformed: {e}"),
+    })
+}
+
 pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
     init_logger("warn");
     let mnt = absolute(mountpoint)?;
@@ -192,7 +249,7 @@ pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
     let text = if as_json {
         doc
     } else {
-        status_table(&parse_status(&doc)?)
+        status_table(&parse_view(&doc)?)
     };
     print_out(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -201,6 +258,40 @@ pub fn run(mountpoint: &Path, as_json: bool) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_show_protection_restore_windows_and_expiry() {
+        let doc = r#"{"store": "/s", "pid": 42, "page_size": 4096,
+            "capacity": 1048576, "used": 8192, "free": 1040384,
+            "clusters": [{"name": "a", "id": 1, "parent": null, "created": 1700000000,
+                          "logical": 0, "shared": 0, "unique": 0, "protected": true,
+                          "retention_secs": 60, "restore_points": 3,
+                          "earliest_restorable": "2023-11-14T22:13:21.5Z",
+                          "expires_at": "2023-11-15T00:00:00Z"},
+                         {"name": "b", "id": 2, "parent": "a", "created": 1700000001,
+                          "logical": 0, "shared": 0, "unique": 0, "retention_secs": 60,
+                          "expires_at": "soon"},
+                         {"name": "c", "id": 3, "parent": "a", "created": 1700000001,
+                          "logical": 0, "shared": 0, "unique": 0, "retention_secs": 60,
+                          "restore_points": 1, "earliest_restorable": "x"}]}"#;
+        let table = status_table(&parse_view(doc).unwrap());
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        let since = format!("3 since {}", local_time(1_700_000_001));
+        let expires = local_time(1_700_006_400);
+        assert_eq!(rows[1][0], "a (protected)", "{table}");
+        assert_eq!(rows[1][7..], [since.as_str(), &expires], "{table}");
+        assert_eq!(rows[2][7..], ["none yet", "soon"], "{table}");
+        let epoch = format!("1 since {}", local_time(0));
+        assert_eq!(rows[3][7..], [epoch.as_str(), "-"], "{table}");
+    }
 
     #[test]
     fn json_reads_the_status_document() {
@@ -213,7 +304,8 @@ mod tests {
         let v = parse_status(doc).unwrap();
         assert_eq!(v.pid, 42);
         assert_eq!(v.store, "/s \"q\"");
-        let table = status_table(&v);
+        let table = status_table(&v.view());
+        assert_eq!(table, status_table(&parse_view(doc).unwrap()));
         assert!(table.starts_with("NAME"), "{table}");
         assert!(table.contains("prod"), "{table}");
         assert!(table.contains("64.0M"), "{table}");
@@ -228,9 +320,9 @@ mod tests {
         let mut measured = v.clone();
         measured.space_generation = Some(7);
         measured.space_as_of = Some("2026-12-01T02:00:00Z".into());
-        assert!(status_table(&measured).contains("(commit 7)"));
+        assert!(status_table(&measured.view()).contains("(commit 7)"));
         measured.space_current = true;
-        assert!(!status_table(&measured).contains("space per cluster"));
+        assert!(!status_table(&measured.view()).contains("space per cluster"));
         assert!(parse_status("{\"a\": }").unwrap_err().contains("not JSON"));
         assert!(parse_status("[1, 2] x").is_err());
         assert!(parse_status("{\"pid\": 1}")
@@ -238,5 +330,9 @@ mod tests {
             .contains("malformed"));
         let escaped = doc.replace("\"prod\"", "\"\\u00e9\"");
         assert_eq!(parse_status(&escaped).unwrap().clusters[0].name, "é");
+        assert_eq!(parse_view(&escaped).unwrap().clusters[0].name, "é");
+        for bad in ["{\"a\": }", "[1, 2] x", "{\"pid\": 1}", "[]", "null"] {
+            assert_eq!(parse_view(bad).unwrap_err(), parse_status(bad).unwrap_err());
+        }
     }
 }

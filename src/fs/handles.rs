@@ -28,7 +28,7 @@
 use super::namespace::Entry;
 use super::{CloneFs, Node, GEN};
 use crate::error::Error;
-use crate::status::StatusDoc;
+use crate::status::StatusSnapshot;
 use fuser::{INodeNo, ReplyEntry};
 use log::debug;
 use std::sync::Arc;
@@ -64,7 +64,9 @@ impl CloneFs {
 
     /// A new status document, kept for the reads that follow; its length.
     pub(super) fn status_refresh(&self) -> Result<u64, Error> {
-        let mut doc = StatusDoc::of(&self.vol)?.to_json().into_bytes();
+        let snapshot = StatusSnapshot::take(&self.vol)?;
+        let mut doc = Vec::with_capacity(self.status_len() as usize + 4096);
+        snapshot.view().write_json(&mut doc);
         let mut latest = self.status_latest.lock().unwrap();
         if let Some(old) = latest.as_ref() {
             if old.trim_ascii_end() == doc.trim_ascii_end() {

@@ -50,7 +50,7 @@ pub use node::Node;
 pub use sessions::{Live, MountError, Sessions};
 
 use crate::error::Error;
-use crate::status::StatusDoc;
+use crate::status::StatusSnapshot;
 use crate::volume::{Caller, ClusterId, SetAttr, Volume, Whence, Writer};
 use attr::{
     errno, in_group, kind_from_mode, rename_flags, reply_xattr, set_time, xattr_mode, xattr_name,
@@ -494,13 +494,12 @@ impl Filesystem for CloneFs {
                 if flags.acc_mode() != OpenAccMode::O_RDONLY {
                     return reply.error(Errno::EACCES);
                 }
-                match StatusDoc::of(&self.vol) {
-                    Ok(doc) => {
+                match StatusSnapshot::take(&self.vol) {
+                    Ok(snapshot) => {
+                        let mut doc = Vec::new();
+                        snapshot.view().write_json(&mut doc);
                         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                        self.status
-                            .lock()
-                            .unwrap()
-                            .insert(fh, Arc::new(doc.to_json().into_bytes()));
+                        self.status.lock().unwrap().insert(fh, Arc::new(doc));
                         // Direct I/O: reads go to us whatever size getattr said.
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                     }

@@ -12,7 +12,8 @@ use super::check;
 use super::inode::{self, Ino, Inode, Kind};
 use super::node::{NodeKind, Tree};
 use super::{
-    Catalog, CloneOptions, Cluster, ClusterId, ClusterInfo, Event, NewInode, State, Volume,
+    Catalog, CloneOptions, Cluster, ClusterId, ClusterInfo, ClusterSummary, Event, NewInode, State,
+    Volume,
 };
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -62,6 +63,20 @@ impl Cluster {
                 .iter()
                 .map(|p| inode::to_system_time(p.created))
                 .collect(),
+        }
+    }
+
+    pub(super) fn summary(self: &Arc<Self>, defaults: &Settings) -> ClusterSummary {
+        let retention = Duration::from_nanos(self.retention_ns(defaults) as u64);
+        let s = self.settings.lock().unwrap();
+        let points = self.points.lock().unwrap();
+        ClusterSummary {
+            cluster: self.clone(),
+            protected: s.protected,
+            expires_at: s.expires_at.map(inode::to_system_time),
+            retention,
+            restore_points: points.len(),
+            earliest_point: points.first().map(|p| inode::to_system_time(p.created)),
         }
     }
 
@@ -191,6 +206,25 @@ impl Volume {
             .values()
             .map(|c| c.info(&cat.defaults))
             .collect()
+    }
+
+    /// Every cluster, by name, as [`Volume::clusters`] gives them but without
+    /// copying a name or listing a restore point.
+    pub fn cluster_summaries(&self) -> Vec<ClusterSummary> {
+        let cat = self.catalog.read().unwrap();
+        cat.by_name
+            .values()
+            .map(|c| c.summary(&cat.defaults))
+            .collect()
+    }
+
+    /// The summary of the cluster named `name`.
+    pub fn cluster_summary(&self, name: &str) -> Result<ClusterSummary> {
+        let cat = self.catalog.read().unwrap();
+        cat.by_name
+            .get(name)
+            .map(|c| c.summary(&cat.defaults))
+            .ok_or(Error::NotFound)
     }
 
     pub fn cluster_count(&self) -> usize {

@@ -126,6 +126,39 @@ pub struct ClusterInfo {
     pub restore_points: Vec<SystemTime>,
 }
 
+/// A cluster as a listing of every cluster shows it: [`ClusterInfo`]'s figures, with
+/// the name and parent shared with the catalog rather than copied, and the restore
+/// points counted rather than listed (a status document lists 10,000 clusters).
+pub struct ClusterSummary {
+    cluster: Arc<Cluster>,
+    pub protected: bool,
+    pub expires_at: Option<SystemTime>,
+    pub retention: Duration,
+    /// How many restore points it has.
+    pub restore_points: usize,
+    /// Its oldest restore point.
+    pub earliest_point: Option<SystemTime>,
+}
+
+impl ClusterSummary {
+    pub fn id(&self) -> ClusterId {
+        self.cluster.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cluster.name
+    }
+
+    /// The cluster it was cloned from, if any (even if that one is gone).
+    pub fn parent(&self) -> Option<&str> {
+        self.cluster.parent.as_deref()
+    }
+
+    pub fn created(&self) -> SystemTime {
+        inode::to_system_time(self.cluster.created)
+    }
+}
+
 /// Space of one cluster, in bytes of store pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSpace {

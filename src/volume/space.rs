@@ -37,9 +37,20 @@ pub struct SpaceReport {
     pub took: Duration,
     /// Of the last durable commit, with nothing changed since: the store's figures.
     pub current: bool,
-    /// Clusters of that commit, by name (one made later is not among them).
-    /// Shared by every reader (a store may hold 10,000 clusters).
+    /// Clusters of that commit, sorted by name (one made later is not among
+    /// them). Shared by every reader (a store may hold 10,000 clusters).
     pub clusters: Arc<Vec<ClusterSpace>>,
+}
+
+impl SpaceReport {
+    /// The figures of the cluster named `name`, if it was in the commit.
+    pub fn of_cluster(&self, name: &str) -> Option<&ClusterSpace> {
+        let i = self
+            .clusters
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()?;
+        Some(&self.clusters[i])
+    }
 }
 
 /// The walker's state, shared with readers.
