@@ -269,11 +269,20 @@ impl Queue {
         let poll = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
             .build()
             .user_data(WAKE);
+        // SAFETY: a poll names no memory.
+        unsafe { self.queue_entry(&poll.into()) }
+    }
+
+    /// Puts `entry` in the submission queue, for the ring thread's next enter.
+    ///
+    /// # Safety
+    /// The memory `entry` names must outlive the command.
+    unsafe fn queue_entry(&self, entry: &squeue::Entry128) -> io::Result<()> {
         let _held = self.push.lock().unwrap();
-        // SAFETY: pushes are serialised by `push`; the entry names no memory.
+        // SAFETY: pushes are serialised by `push`; the caller vouches for the memory.
         unsafe {
             let mut sq = self.ring.submission_shared();
-            sq.push(&poll.into())
+            sq.push(entry)
                 .map_err(|_| io::Error::other("the submission queue is full"))?;
             sq.sync();
         }
@@ -305,16 +314,9 @@ impl Queue {
         if cmd_op == CMD_REGISTER {
             sqe = set_len(sqe, 2);
         }
-        let _held = self.push.lock().unwrap();
-        // SAFETY: pushes are serialised by `push`; the iovecs and buffers named by
-        // the entry live as long as the queue, which outlives its ring.
-        unsafe {
-            let mut sq = self.ring.submission_shared();
-            sq.push(&sqe)
-                .map_err(|_| io::Error::other("the submission queue is full"))?;
-            sq.sync();
-        }
-        Ok(())
+        // SAFETY: the iovecs and buffers named by the entry live as long as the
+        // queue, which outlives its ring.
+        unsafe { self.queue_entry(&sqe) }
     }
 
     /// The classic request bytes of the request in `slot`: in-header, op header,
