@@ -339,6 +339,31 @@ fn small_file_work(m: &Mounted, dir: &str) {
     assert_eq!(fs::read_dir(m.path(dir)).unwrap().count(), 300);
 }
 
+/// Writes of sizes around the page (the ring lends a payload of a page or more to
+/// the parser in place rather than copying it) and of more than one request, at odd
+/// offsets, each read back.
+fn large_writes_read_back(m: &Mounted, name: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(m.path(name)).unwrap();
+    let mut model = Vec::new();
+    let mut at = 3u64;
+    for (k, len) in [4095usize, 4096, 4097, 65_539, 1 << 20, (1 << 20) + 4097]
+        .into_iter()
+        .enumerate()
+    {
+        let piece: Vec<u8> = (0..len).map(|i| (i * 7 + k * 31) as u8).collect();
+        f.write_all_at(&piece, at).unwrap();
+        model.resize(at as usize, 0);
+        model.extend_from_slice(&piece);
+        at += len as u64 + 5;
+    }
+    drop(f);
+    assert!(
+        fs::read(m.path(name)).unwrap() == model,
+        "{name} reads back otherwise"
+    );
+}
+
 /// Held by the tests that look at the transport, for one of them turns io_uring
 /// off in the kernel for a moment.
 static TRANSPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -379,6 +404,7 @@ fn requests_come_over_io_uring_with_a_queue_per_cpu() {
     let (ring, classic) = (switches_of(pid, "fuser-ring"), switches_of(pid, "fuser-"));
     fs::create_dir(m.path("prod")).unwrap();
     small_file_work(&m, "prod/many");
+    large_writes_read_back(&m, "prod/large");
     let ring_after = switches_of(pid, "fuser-ring");
     let classic_after = switches_of(pid, "fuser-") - ring_after;
     // The 900 or so requests came to the queues; the /dev/fuse readers saw only

@@ -14,7 +14,9 @@
 //! as with /dev/fuse's reader threads. The thread builds the classic request bytes
 //! from the slot (the in-header, the op header, the payload) so that fuser's parser
 //! and dispatch serve it unchanged, and the reply goes back into the same slot with
-//! the next `COMMIT_AND_FETCH`. A reply may come from another thread later (a file
+//! the next `COMMIT_AND_FETCH`. A request with a payload of a page or more (a WRITE's
+//! data) is not copied: its headers go into room kept just before the payload, and
+//! fuser reads it where the kernel wrote it. A reply may come from another thread later (a file
 //! system may answer asynchronously): that thread only queues the commit and wakes
 //! the slot's thread through an eventfd, for io_uring ties a command to the task
 //! that submits it (its next request arrives as that task's work, and is cancelled
@@ -62,6 +64,10 @@ const IN_HEADER: usize = size_of::<abi::fuse_in_header>();
 const OUT_HEADER: usize = size_of::<abi::fuse_out_header>();
 /// `FUSE_URING_OP_IN_OUT_SZ`: room for the op header (`fuse_write_in`, ...).
 const OP_IN: usize = 128;
+/// Room kept before a slot's payload for the headers of a request read in place.
+const LEAD: usize = IN_HEADER + OP_IN;
+/// The smallest payload read in place rather than copied.
+const IN_PLACE_MIN: usize = 4096;
 
 /// `struct fuse_uring_ent_in_out`.
 #[repr(C)]
@@ -97,11 +103,78 @@ struct CmdReq {
 /// COMMIT_AND_FETCH until its completion; this side from then until the next commit.
 struct Slot {
     header: UnsafeCell<ReqHeader>,
-    payload: UnsafeCell<Box<[u8]>>,
+    /// `LEAD` bytes of room, then the payload buffer the kernel fills (u64s, so that
+    /// a request read in place is aligned as fuser's parser needs). Owned by the slot
+    /// (from `Box::into_raw`), and only ever reached through raw pointers, as the
+    /// kernel writes it and a request read in place lends it out.
+    buf: *mut [u64],
+    /// Set while fuser reads a request in place in the payload: a reply given then
+    /// keeps its data here until the request's bytes are given back, rather than
+    /// writing over bytes the request still lends.
+    held: Mutex<Held>,
     iov: UnsafeCell<[libc::iovec; 2]>,
     /// The commit id of the request awaiting its reply here; 0 when there is none,
     /// so that a second reply to one request cannot commit the slot's next one.
     awaiting: AtomicU64,
+}
+
+#[derive(Default)]
+struct Held {
+    lent: bool,
+    data: Option<Vec<u8>>,
+}
+
+impl Slot {
+    /// The payload buffer's first byte.
+    fn payload(&self) -> *mut u8 {
+        // SAFETY: `buf` holds LEAD bytes before the payload.
+        unsafe { self.buf.cast::<u8>().add(LEAD) }
+    }
+
+    fn payload_len(&self) -> usize {
+        self.buf.len() * 8 - LEAD
+    }
+
+    /// Writes reply data into the payload, or keeps it while the request is lent.
+    fn put_reply(&self, data: &[IoSlice<'_>]) {
+        let mut held = self.held.lock().unwrap();
+        if held.lent {
+            let mut kept = held.data.take().unwrap_or_default();
+            kept.clear();
+            data.iter().for_each(|d| kept.extend_from_slice(d));
+            held.data = Some(kept);
+            return;
+        }
+        let mut at = self.payload();
+        for d in data {
+            // SAFETY: the caller checked the data fits the payload, which no request
+            // lends now; the slot is this reply's until its commit.
+            unsafe {
+                std::ptr::copy_nonoverlapping(d.as_ptr(), at, d.len());
+                at = at.add(d.len());
+            }
+        }
+    }
+
+    /// Ends a loan of the request's bytes, writing a reply kept meanwhile.
+    fn give_back(&self) {
+        let mut held = self.held.lock().unwrap();
+        held.lent = false;
+        if let Some(kept) = held.data.as_mut().filter(|k| !k.is_empty()) {
+            // SAFETY: the reply was checked to fit the payload; the request no longer
+            // borrows it, and the kernel reads it only at this thread's next enter.
+            unsafe { std::ptr::copy_nonoverlapping(kept.as_ptr(), self.payload(), kept.len()) };
+            kept.clear();
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: `buf` came from Box::into_raw and is freed once, here; the kernel is
+        // done with the slot, whose queue (and ring) ends first.
+        drop(unsafe { Box::from_raw(self.buf) });
+    }
 }
 
 // SAFETY: a slot's cells are touched by one thread at a time: the kernel hands the
@@ -160,13 +233,13 @@ impl UringSender {
             )));
         }
         // SAFETY: `awaiting` matched: the slot is this reply's until the commit.
-        let (header, payload) = unsafe { (&mut *slot.header.get(), &mut *slot.payload.get()) };
+        let header = unsafe { &mut *slot.header.get() };
         let (out, data) = bufs
             .split_first()
             .map_or((&[][..], &[][..]), |(o, d)| (&o[..], d));
         let len: usize = data.iter().map(|d| d.len()).sum();
         let mut result = Ok(());
-        if out.len() != OUT_HEADER || len > payload.len() {
+        if out.len() != OUT_HEADER || len > slot.payload_len() {
             // The kernel must still hear of the request, or its caller waits forever.
             result = Err(io::Error::other(format!(
                 "reply of {len} bytes does not fit"
@@ -176,11 +249,7 @@ impl UringSender {
             header.ent.payload_sz = 0;
         } else {
             header.in_out[..OUT_HEADER].copy_from_slice(out);
-            let mut at = 0;
-            for d in data {
-                payload[at..at + d.len()].copy_from_slice(d);
-                at += d.len();
-            }
+            slot.put_reply(data);
             header.ent.payload_sz = len as u32;
         }
         self.queue
@@ -220,7 +289,10 @@ impl Queue {
             .map(|_| Slot {
                 // SAFETY: all-zero bytes are a valid ReqHeader (integers and arrays).
                 header: UnsafeCell::new(unsafe { std::mem::zeroed() }),
-                payload: UnsafeCell::new(vec![0u8; payload_size].into_boxed_slice()),
+                buf: Box::into_raw(
+                    vec![0u64; (LEAD + payload_size).div_ceil(8)].into_boxed_slice(),
+                ),
+                held: Mutex::default(),
                 iov: UnsafeCell::new(
                     [libc::iovec {
                         iov_base: std::ptr::null_mut(),
@@ -239,7 +311,7 @@ impl Queue {
                         iov_len: size_of::<ReqHeader>(),
                     },
                     libc::iovec {
-                        iov_base: (*slot.payload.get()).as_mut_ptr().cast(),
+                        iov_base: slot.payload().cast(),
                         iov_len: payload_size,
                     },
                 ];
@@ -320,29 +392,41 @@ impl Queue {
     }
 
     /// The classic request bytes of the request in `slot`: in-header, op header,
-    /// payload, contiguous, as a `read` of `/dev/fuse` gives them.
-    fn request<'a>(&self, slot: usize, buf: &'a mut Vec<u64>) -> Option<&'a [u8]> {
+    /// payload, contiguous, as a `read` of `/dev/fuse` gives them. A payload of a
+    /// page or more is lent in place (the headers go into the room before it) until
+    /// `Slot::give_back`; anything else is copied into `buf`.
+    fn request<'a>(&'a self, slot: usize, buf: &'a mut Vec<u64>) -> Option<&'a [u8]> {
+        let slot = &self.slots[slot];
         // SAFETY: the slot's command completed: the kernel wrote it and waits.
-        let (header, payload) = unsafe {
-            (
-                &*self.slots[slot].header.get(),
-                &*self.slots[slot].payload.get(),
-            )
-        };
-        let mut in_h = [0u8; IN_HEADER];
-        in_h.copy_from_slice(&header.in_out[..IN_HEADER]);
+        let header = unsafe { &*slot.header.get() };
+        let in_h = &header.in_out[..IN_HEADER];
         let len = u32::from_ne_bytes(in_h[..4].try_into().unwrap()) as usize;
         let payload_sz = header.ent.payload_sz as usize;
         let op_len = len.checked_sub(IN_HEADER + payload_sz)?;
-        if op_len > OP_IN || payload_sz > payload.len() {
+        if op_len > OP_IN || payload_sz > slot.payload_len() {
             return None;
+        }
+        let heads = IN_HEADER + op_len;
+        if payload_sz >= IN_PLACE_MIN && heads % 8 == 0 {
+            slot.held.lock().unwrap().lent = true;
+            // SAFETY: the headers go into the LEAD bytes before the payload, which
+            // the kernel never touches; the start stays 8-byte aligned (heads % 8 ==
+            // 0), and the bytes are the slot's until its reply is committed.
+            unsafe {
+                let start = slot.payload().sub(heads);
+                std::ptr::copy_nonoverlapping(in_h.as_ptr(), start, IN_HEADER);
+                std::ptr::copy_nonoverlapping(header.op_in.as_ptr(), start.add(IN_HEADER), op_len);
+                return Some(std::slice::from_raw_parts(start, len));
+            }
         }
         buf.resize(len.div_ceil(8), 0);
         // SAFETY: a u64 buffer viewed as bytes, within its length.
         let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
-        bytes[..IN_HEADER].copy_from_slice(&in_h);
-        bytes[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&header.op_in[..op_len]);
-        bytes[IN_HEADER + op_len..].copy_from_slice(&payload[..payload_sz]);
+        bytes[..IN_HEADER].copy_from_slice(in_h);
+        bytes[IN_HEADER..heads].copy_from_slice(&header.op_in[..op_len]);
+        // SAFETY: the kernel wrote payload_sz bytes of payload, checked to fit.
+        bytes[heads..]
+            .copy_from_slice(unsafe { std::slice::from_raw_parts(slot.payload(), payload_sz) });
         Some(bytes)
     }
 }
@@ -532,6 +616,7 @@ fn serve_one<FS: Filesystem>(
         Some(req) => req.dispatch(se),
         None => sender.fail(),
     }
+    queue.slots[slot].give_back();
 }
 
 /// A reply header that fails request `unique` with EIO.
