@@ -140,7 +140,7 @@ pub struct Session<FS: Filesystem> {
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
     /// With FUSE over io_uring granted at INIT: a ring for each of its threads.
-    uring: Option<Vec<Arc<crate::uring::Queue>>>,
+    uring: Option<Vec<crate::uring::Waiting<FS>>>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -320,11 +320,7 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            match crate::uring::start(&serving, made) {
-                Ok(threads) => rings = threads,
-                // The kernel waits for every queue: requests stall until unmount.
-                Err(e) => error!("FUSE over io_uring granted but its threads not started: {e}"),
-            }
+            rings = crate::uring::start(&serving, made);
         }
 
         let mut reply: io::Result<()> = Ok(());

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::thread;
 use std::thread::JoinHandle;
 
@@ -475,39 +476,66 @@ impl<FS: Filesystem> Serving<FS> {
     }
 }
 
-/// The rings of every queue, `per_queue` for each CPU, made before INIT is answered:
-/// once the kernel is told io_uring, it holds every request until each queue has a
-/// slot registered, so a ring that cannot be made must mean no io_uring at all.
-pub(crate) fn make_rings(
+/// A queue's thread, started before INIT is answered, waiting for the session to run.
+pub(crate) struct Waiting<FS: Filesystem> {
+    name: String,
+    thread: JoinHandle<()>,
+    start: mpsc::Sender<SessionEventLoop<FS>>,
+}
+
+/// The rings of every queue, `per_queue` for each CPU, and a thread for each, made
+/// before INIT is answered: once the kernel is told io_uring, it holds every request
+/// until each queue has a slot registered, so a ring or a thread that cannot be made
+/// must mean no io_uring at all. Threads made so far end when the error drops them.
+pub(crate) fn make_rings<FS: Filesystem>(
     ch: &Channel,
     payload_size: usize,
     per_queue: usize,
-) -> io::Result<Vec<Arc<Queue>>> {
-    let n = possible_cpus();
-    (0..n * per_queue)
-        .map(|i| Queue::new((i / per_queue) as u16, ch.clone(), payload_size).map(Arc::new))
-        .collect()
+) -> io::Result<Vec<Waiting<FS>>> {
+    let n = possible_cpus() * per_queue;
+    let mut made = Vec::with_capacity(n);
+    for i in 0..n {
+        let qid = (i / per_queue) as u16;
+        let queue = Arc::new(Queue::new(qid, ch.clone(), payload_size)?);
+        let (start, go) = mpsc::channel::<SessionEventLoop<FS>>();
+        let name = format!("fuser-ring-{qid}.{i}");
+        let thread = thread::Builder::new().name(name.clone()).spawn(move || {
+            // A session dropped before it runs ends the thread here.
+            if let Ok(se) = go.recv() {
+                serve(queue, se);
+            }
+        })?;
+        made.push(Waiting {
+            name,
+            thread,
+            start,
+        });
+    }
+    Ok(made)
 }
 
-/// Starts a thread for each ring. The threads end once the kernel ends their slots
+impl<FS: Filesystem> std::fmt::Debug for Waiting<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (waiting)", self.name)
+    }
+}
+
+/// Sets each ring's thread serving. The threads end once the kernel ends their slots
 /// (at unmount, or at once if it refuses the registration, when every request keeps
 /// going through `/dev/fuse`).
 pub(crate) fn start<FS: Filesystem>(
     serving: &Serving<FS>,
-    rings: Vec<Arc<Queue>>,
-) -> io::Result<Vec<JoinHandle<()>>> {
-    let mut threads = Vec::with_capacity(rings.len());
-    for (i, queue) in rings.into_iter().enumerate() {
-        let name = format!("fuser-ring-{}.{i}", queue.qid);
-        let se = serving.event_loop(name.clone());
-        threads.push(
-            thread::Builder::new()
-                .name(name)
-                .spawn(move || serve(queue, se))?,
-        );
-    }
-    info!("FUSE over io_uring: {} threads", threads.len());
-    Ok(threads)
+    rings: Vec<Waiting<FS>>,
+) -> Vec<JoinHandle<()>> {
+    info!("FUSE over io_uring: {} threads", rings.len());
+    rings
+        .into_iter()
+        .map(|w| {
+            // The thread waits in `recv` until this, and only ends after it.
+            let _ = w.start.send(serving.event_loop(w.name));
+            w.thread
+        })
+        .collect()
 }
 
 fn pin_to_cpu(cpu: usize) {
