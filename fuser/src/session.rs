@@ -139,7 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
-    /// With FUSE over io_uring granted at INIT: a ring for each of its threads.
+    /// With FUSE over io_uring granted at INIT: a ring for each of its threads, and
+    /// the thread, waiting for `run`.
     uring: Option<Vec<crate::uring::Waiting<FS>>>,
 }
 

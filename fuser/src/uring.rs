@@ -14,13 +14,14 @@
 //! as with /dev/fuse's reader threads. The thread builds the classic request bytes
 //! from the slot (the in-header, the op header, the payload) so that fuser's parser
 //! and dispatch serve it unchanged, and the reply goes back into the same slot with
-//! the next `COMMIT_AND_FETCH`. A request with a payload of a page or more (a WRITE's
-//! data) is not copied: its headers go into room kept just before the payload, and
-//! fuser reads it where the kernel wrote it. A reply may come from another thread later (a file
-//! system may answer asynchronously): that thread only queues the commit and wakes
-//! the slot's thread through an eventfd, for io_uring ties a command to the task
-//! that submits it (its next request arrives as that task's work, and is cancelled
-//! when that task exits), so every command goes in from the slot's own thread.
+//! the next `COMMIT_AND_FETCH`. A request with a payload of a page or more (a
+//! WRITE's data) is not copied: its headers go into room kept just before the
+//! payload, and fuser reads it where the kernel wrote it. A reply may come from
+//! another thread later (a file system may answer asynchronously): that thread only
+//! queues the commit and wakes the slot's thread through an eventfd, for io_uring
+//! ties a command to the task that submits it (its next request arrives as that
+//! task's work, and is cancelled when that task exits), so every command goes in
+//! from the slot's own thread.
 
 use std::cell::Cell;
 use std::cell::UnsafeCell;
