@@ -123,7 +123,8 @@ struct Slot {
 #[derive(Default)]
 struct Held {
     lent: bool,
-    data: Option<Vec<u8>>,
+    /// A reply's data, kept while `lent`; empty otherwise.
+    data: Vec<u8>,
 }
 
 impl Slot {
@@ -141,10 +142,8 @@ impl Slot {
     fn put_reply(&self, data: &[IoSlice<'_>]) {
         let mut held = self.held.lock().unwrap();
         if held.lent {
-            let mut kept = held.data.take().unwrap_or_default();
-            kept.clear();
-            data.iter().for_each(|d| kept.extend_from_slice(d));
-            held.data = Some(kept);
+            held.data.clear();
+            data.iter().for_each(|d| held.data.extend_from_slice(d));
             return;
         }
         let mut at = self.payload();
@@ -162,12 +161,11 @@ impl Slot {
     fn give_back(&self) {
         let mut held = self.held.lock().unwrap();
         held.lent = false;
-        if let Some(kept) = held.data.as_mut().filter(|k| !k.is_empty()) {
-            // SAFETY: the reply was checked to fit the payload; the request no longer
-            // borrows it, and the kernel reads it only at this thread's next enter.
-            unsafe { std::ptr::copy_nonoverlapping(kept.as_ptr(), self.payload(), kept.len()) };
-            kept.clear();
-        }
+        let kept = &mut held.data;
+        // SAFETY: the reply was checked to fit the payload; the request no longer
+        // borrows it, and the kernel reads it only at this thread's next enter.
+        unsafe { std::ptr::copy_nonoverlapping(kept.as_ptr(), self.payload(), kept.len()) };
+        kept.clear();
     }
 }
 
